@@ -1,0 +1,541 @@
+"""
+CTPO: Cumulative Token Policy Optimization, in one readable file.
+
+Reference: "Rethinking Importance Sampling in LLM Policy Optimization: A Cumulative Token
+Perspective", Zhang, Ye, Jin, Yu, Xiong, Sahu, Jiang, arXiv 2605.07331 (2026). The authors' code is
+the policy-loss mode `cum-token-cumprod-la` of their verl fork (horizon-llm/CTPO).
+Related: PPO (Schulman et al. 2017), GRPO (Shao et al. 2024), Dr. GRPO (Liu et al. 2025),
+GSPO (Zheng et al. 2025). The model follows nanoGPT (Karpathy).
+
+The one idea. Data is sampled by an old policy pi_old; we update pi. Every token-level gradient term
+grad log pi(a_t|s_t) * A_t needs an importance weight. With delta_t = log pi - log pi_old:
+
+    token      (PPO / GRPO)  w_t = r_t = exp(delta_t)              cheap, biased (ignores the prefix)
+    sequence                 w_t = prod_{t'<=H} r_t'               unbiased, variance explodes with H
+    gspo                     w_t = (prod_{t'<=H} r_t')^(1/H)       stable, not an exact correction
+    cumulative (CTPO)        w_t = rho_t = prod_{t'<=t} r_t'       unbiased for prefix advantages,
+                                                                   strictly lower variance than sequence
+
+log rho_t is a random walk: its spread grows like sqrt(t). So CTPO clips in log space with a window
+that widens with the 1-indexed response position t:  log rho_t in [-clip_low * t^p, clip_high * t^p].
+
+Sections: model | sampling and log-probs | advantages | importance ratios | clipping | the loss.
+"""
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# -----------------------------------------------------------------------------
+# The policy: a tiny tokenizer-free GPT (nanoGPT, minus the parts a toy does not need)
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 16  # tokens are characters of the toy task; no tokenizer
+    block_size: int = 64  # longest prompt + response the model ever sees
+    n_layer: int = 2
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0  # RL wants pi_old == pi at step 0, so no dropout by default
+
+
+class KVCache:
+    """Per-layer key/value buffers so sampling costs one token of compute per step."""
+
+    def __init__(self, config, batch_size, max_len, device, dtype):
+        hs = config.n_embd // config.n_head
+        shape = (batch_size, config.n_head, max_len, hs)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.pos = 0  # number of positions already written
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.n_head, self.dropout = config.n_head, config.dropout
+
+    def forward(self, x, cache=None, layer=0):
+        B, L, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        q, k, v = (z.view(B, L, self.n_head, C // self.n_head).transpose(1, 2) for z in (q, k, v))  # (B, nh, L, hs)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        else:
+            p = cache.pos
+            cache.k[layer][:, :, p : p + L] = k
+            cache.v[layer][:, :, p : p + L] = v
+            k, v = cache.k[layer][:, :, : p + L], cache.v[layer][:, :, : p + L]  # (B, nh, p+L, hs)
+            # query i (absolute position p+i) may attend to keys 0..p+i
+            allowed = torch.ones(L, p + L, dtype=torch.bool, device=x.device).tril(diagonal=p)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        y = y.transpose(1, 2).contiguous().view(B, L, C)
+        return self.c_proj(y)
+
+
+class Block(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd)
+        self.mlp = nn.Sequential(
+            nn.Linear(config.n_embd, 4 * config.n_embd), nn.GELU(), nn.Linear(4 * config.n_embd, config.n_embd), nn.Dropout(config.dropout)
+        )
+
+    def forward(self, x, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), cache, layer)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer: logits at position i score the token at position i + 1."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
+        self.ln_f = nn.LayerNorm(config.n_embd)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.wte.weight = self.lm_head.weight  # weight tying, as in GPT-2
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module):
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, idx, cache=None):
+        B, L = idx.shape
+        start = 0 if cache is None else cache.pos
+        if start + L > self.config.block_size:
+            raise ValueError(f"idx: sequence of length {start + L} exceeds block_size {self.config.block_size}")
+        pos = torch.arange(start, start + L, device=idx.device)  # (L,)
+        x = self.wte(idx) + self.wpe(pos)  # (B, L, C)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cache, i)
+        if cache is not None:
+            cache.pos += L
+        return self.lm_head(self.ln_f(x))  # (B, L, V)
+
+
+# -----------------------------------------------------------------------------
+# Sampling (behaviour policy pi_old) and per-token log-probs (current policy pi)
+
+
+@dataclass
+class Rollout:
+    responses: torch.Tensor  # (B, T) long; pad_id after EOS
+    mask: torch.Tensor  # (B, T) bool; True for every sampled token, EOS included
+    logp: torch.Tensor  # (B, T) float32 log pi_old(a_t|s_t) of the sampled tokens; 0 where mask is False
+
+
+@torch.no_grad()
+def sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_k=None, generator=None):
+    """Sample responses with a KV cache; return the tokens, the response mask and behaviour log-probs.
+
+    prompts: (B, P) long, all of the same length P. The returned log-probs are those of the
+    temperature-scaled model distribution, which `token_logprobs` recomputes exactly. With top_k the
+    sampler draws from a truncated distribution whose log-probs differ from these (as in every
+    recompute-based RL trainer); keep top_k=None when the ratio must be exact.
+    """
+    if prompts.dim() != 2 or prompts.dtype != torch.long:
+        raise ValueError(f"prompts: expected a (B, P) long tensor, got {tuple(prompts.shape)} {prompts.dtype}")
+    B, P = prompts.shape
+    cache = KVCache(model.config, B, P + max_new_tokens, prompts.device, next(model.parameters()).dtype)
+    logits = model(prompts, cache)[:, -1]  # (B, V) scores the first response token
+    responses = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=prompts.device)
+    mask = torch.zeros(B, max_new_tokens, dtype=torch.bool, device=prompts.device)
+    logp = torch.zeros(B, max_new_tokens, dtype=torch.float32, device=prompts.device)
+    done = torch.zeros(B, dtype=torch.bool, device=prompts.device)
+    T = 0
+    for i in range(max_new_tokens):
+        logprobs = F.log_softmax(logits.float() / temperature, dim=-1)  # (B, V)
+        scores = logprobs
+        if top_k is not None:
+            kth = torch.topk(scores, min(top_k, scores.size(-1)), dim=-1).values[:, -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        tok = torch.multinomial(F.softmax(scores, dim=-1), 1, generator=generator).squeeze(1)  # (B,)
+        live = ~done
+        responses[:, i] = torch.where(live, tok, pad_id)
+        mask[:, i] = live  # the EOS token itself is a policy action: it stays in the loss
+        logp[:, i] = torch.where(live, logprobs.gather(1, tok[:, None]).squeeze(1), 0.0)
+        done |= tok == eos_id
+        T = i + 1
+        if bool(done.all()) or i == max_new_tokens - 1:
+            break
+        logits = model(tok[:, None], cache)[:, -1]
+    return Rollout(responses[:, :T], mask[:, :T], logp[:, :T])
+
+
+def token_logprobs(model, prompts, responses, mask, temperature=1.0):
+    """log pi(a_t | s_t) for every response token, in one batched forward. Returns (B, T) float32.
+
+    Alignment: the logits at sequence position i score token i + 1, so the response token at
+    position P + t is scored by the logits at P + t - 1. Padding (mask False) is never scored: it
+    gets exactly 0, whatever its id (pad may equal EOS).
+    """
+    P, T = prompts.size(1), responses.size(1)
+    idx = torch.cat([prompts, responses], dim=1)  # (B, P+T)
+    logits = model(idx[:, :-1])[:, P - 1 :]  # (B, T, V): row t scores responses[:, t]
+    logprobs = F.log_softmax(logits.float() / temperature, dim=-1)
+    logp = logprobs.gather(2, responses.unsqueeze(2)).squeeze(2)  # (B, T)
+    return torch.where(mask.bool(), logp, torch.zeros_like(logp))
+
+
+# -----------------------------------------------------------------------------
+# Advantages: one outcome advantage per response, relative to its group (GRPO)
+
+
+def group_advantages(rewards, group_size, scale=True, eps=1e-6):
+    """GRPO group-relative advantage A_i = (R_i - mean_group) / std_group; scale=False is Dr. GRPO.
+
+    rewards: (B,) with the G = group_size responses to one prompt in consecutive rows. A group whose
+    rewards are all equal carries no learning signal and gets A = 0 (never 0/0 = NaN).
+    """
+    if rewards.dim() != 1 or rewards.numel() % group_size != 0:
+        raise ValueError(f"rewards: expected (B,) with B a multiple of group_size={group_size}, got {tuple(rewards.shape)}")
+    r = rewards.float().view(-1, group_size)  # (N, G)
+    adv = r - r.mean(dim=1, keepdim=True)
+    if scale:
+        std = r.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(adv)
+        adv = torch.where(std > eps, adv / std.clamp(min=eps), torch.zeros_like(adv))
+    return adv.view(-1)
+
+
+# -----------------------------------------------------------------------------
+# The importance-ratio family. Each maps (delta = logp - old_logp, mask) to log w_t, (B, T).
+#
+# Stop-gradient form: log w_t = sg(value) + delta_t - sg(delta_t). The value is the ratio the method
+# wants, but the gradient is w_t * grad log pi(a_t|s_t) only. Why: the paper's estimator is
+# sum_t rho_t * A_t * grad log pi(a_t|s_t), with the earlier tokens' ratios acting as fixed weights;
+# differentiating the product itself would add grad log pi(a_t'|s_t') * A_t terms for every t' < t,
+# a different (and much noisier) estimator. Costs nothing: delta is computed anyway.
+
+
+def response_position(mask):
+    """t: 1-indexed count of response tokens (mask = 1) up to and including each position. (B, T) long."""
+    return mask.long().cumsum(dim=-1)
+
+
+def _stop_gradient_form(value, delta):
+    return value.detach() + (delta - delta.detach())
+
+
+def token_ratio(delta, mask):
+    """PPO / GRPO: log r_t = delta_t."""
+    return torch.where(mask, delta, torch.zeros_like(delta))
+
+
+def sequence_ratio(delta, mask):
+    """Full sequence ratio prod_{t<=H} r_t on every token: log w_t = sum over the whole response."""
+    total = torch.where(mask, delta, 0.0).sum(dim=-1, keepdim=True).expand_as(delta)  # (B, T)
+    return torch.where(mask, _stop_gradient_form(total, delta), 0.0)
+
+
+def gspo_ratio(delta, mask):
+    """GSPO: the geometric mean (prod_{t<=H} r_t)^(1/H) over the H response tokens, on every token."""
+    n = mask.sum(dim=-1, keepdim=True).clamp(min=1)
+    mean = (torch.where(mask, delta, 0.0).sum(dim=-1, keepdim=True) / n).expand_as(delta)  # (B, T)
+    return torch.where(mask, _stop_gradient_form(mean, delta), 0.0)
+
+
+def cumulative_ratio(delta, mask, geomean=False, stop_gradient=True):
+    """CTPO: log rho_t = sum_{t'<=t} m_t' delta_t' (geomean: divided by t, the authors' second variant).
+
+    stop_gradient=False differentiates the prefix sum itself (for teaching: see the section comment).
+    """
+    prefix = torch.where(mask, delta, 0.0).cumsum(dim=-1)  # (B, T) S_t
+    if geomean:
+        prefix = prefix / response_position(mask).clamp(min=1)
+    log_rho = _stop_gradient_form(prefix, delta) if stop_gradient else prefix
+    return torch.where(mask, log_rho, 0.0)
+
+
+# -----------------------------------------------------------------------------
+# Clipping. Both families are one window [lower_t, upper_t] on log w_t, plus a dual-clip cap dual_t
+# for A < 0 (Ye et al. 2020): PPO's ratio window [1 - eps_low, 1 + eps_high] is the constant log
+# window [log(1 - eps_low), log(1 + eps_high)]; CTPO's widens like t^p.
+
+
+def ratio_clip_bounds(eps_low=0.2, eps_high=0.2, dual_c=3.0):
+    """PPO ratio-space clipping, as log-space bounds (lower, upper, dual): scalars."""
+    if not (0 <= eps_low < 1 and eps_high >= 0 and dual_c > 1):
+        raise ValueError(f"ratio clip: need 0 <= eps_low < 1, eps_high >= 0, dual_c > 1; got {eps_low}, {eps_high}, {dual_c}")
+    return math.log(1 - eps_low), math.log1p(eps_high), math.log(dual_c)
+
+
+def adaptive_clip_bounds(t, clip_low=0.025, clip_high=0.05, clip_c=0.05, power=0.5):
+    """CTPO's position-adaptive log window: [-clip_low * t^p, clip_high * t^p], dual cap clip_c * t^p.
+
+    t: (B, T) 1-indexed response positions. power=0 is the fixed-window ablation.
+    Note clip_c = clip_high (the paper's default) puts the dual cap on the window's upper edge: a
+    negative-advantage token whose rho is above the window gets no gradient.
+    """
+    if not (clip_low >= 0 and clip_high >= 0 and clip_c > 0):
+        raise ValueError(f"adaptive clip: need clip_low >= 0, clip_high >= 0, clip_c > 0; got {clip_low}, {clip_high}, {clip_c}")
+    scale = t.clamp(min=1).double().pow(power).float()  # (B, T) t^p, exact in float64 then rounded
+    return -clip_low * scale, clip_high * scale, clip_c * scale
+
+
+def clip_flags(log_w, adv, lower, upper, dual):
+    """Which tokens the clipped surrogate stops (zero gradient), by the paper's direction convention.
+
+    high: A > 0 and log w above the upper bound; low: A < 0 and below the lower bound;
+    dual: A < 0 and above the dual cap. A token exactly on a bound is not clipped.
+    """
+    high = (adv > 0) & (log_w > upper)
+    low = (adv < 0) & (log_w < lower)
+    dual = (adv < 0) & (log_w > dual)
+    return high, low, dual
+
+
+def clipped_surrogate(log_w, adv, lower, upper, dual):
+    """Per-token PPO surrogate with dual clip, written in log space. Returns ((B, T) loss, flags).
+
+    Equal in value to  max(-A w, -A clip(w, e^lower, e^upper)), then min(., -A e^dual) for A < 0.
+    Written with explicit regions (torch.where, never mask-multiplication) so that the gradient is
+    exactly -A * w for every unclipped token and exactly 0 for every clipped one: min/max would halve
+    the gradient at a tie, and 0 * inf would give NaN.
+    """
+    high, low, dual_hit = clip_flags(log_w, adv, lower, upper, dual)
+    lower, upper, dual = (torch.as_tensor(b, dtype=log_w.dtype, device=log_w.device) for b in (lower, upper, dual))
+    w = torch.exp(log_w)
+    loss = -adv * w
+    loss = torch.where(high, -adv * torch.exp(upper), loss)
+    loss = torch.where(low, -adv * torch.exp(lower), loss)
+    loss = torch.where(dual_hit, -adv * torch.exp(dual), loss)
+    return loss, (high, low, dual_hit)
+
+
+# -----------------------------------------------------------------------------
+# The loss: method presets, input checks, aggregation, metrics
+
+RATIOS = {"token": token_ratio, "sequence": sequence_ratio, "gspo": gspo_ratio, "cumulative": cumulative_ratio}
+
+METHODS = {  # every knob can be overridden by keyword in policy_loss
+    "grpo": dict(ratio="token", clip="ratio", eps_low=0.2, eps_high=0.2, dual_c=3.0),
+    "gspo": dict(ratio="gspo", clip="ratio", eps_low=0.2, eps_high=0.2, dual_c=3.0),  # GSPO paper: 3e-4 / 4e-4
+    "sequence": dict(ratio="sequence", clip="ratio", eps_low=0.2, eps_high=0.2, dual_c=3.0),
+    "ctpo": dict(ratio="cumulative", clip="adaptive", clip_low=0.025, clip_high=0.05, clip_c=0.05, power=0.5),
+    "ctpo-fixed": dict(ratio="cumulative", clip="adaptive", clip_low=0.025, clip_high=0.05, clip_c=0.05, power=0.0),
+    "ctpo-geomean": dict(ratio="cumulative", geomean=True, clip="adaptive", clip_low=0.025, clip_high=0.05, clip_c=0.05, power=-0.5),
+}
+COMMON = dict(geomean=False, stop_gradient=True, delta_max=20.0, log_w_max=10.0)  # paper: clamp delta to +-20, log rho <= 10
+AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
+BACKENDS = ("python", "ext", "auto")
+
+
+def method_config(method, **overrides):
+    """The full knob dict of a preset, with overrides applied; unknown names are an error."""
+    if method not in METHODS:
+        raise ValueError(f"method: unknown {method!r}; expected one of {sorted(METHODS)}")
+    cfg = {**COMMON, **METHODS[method]}
+    known = set(COMMON) | {"ratio", "clip", "eps_low", "eps_high", "dual_c", "clip_low", "clip_high", "clip_c", "power"}
+    for k, v in overrides.items():
+        if k not in known:
+            raise TypeError(f"policy_loss: unknown keyword {k!r}; knobs are {sorted(known)}")
+        cfg[k] = v
+    if cfg["ratio"] not in RATIOS or cfg["clip"] not in ("ratio", "adaptive"):
+        raise ValueError(f"ratio / clip: unknown {cfg['ratio']!r} / {cfg['clip']!r}")
+    if cfg["clip"] == "ratio":
+        cfg = {k: v for k, v in cfg.items() if k not in ("clip_low", "clip_high", "clip_c", "power")}
+        cfg.setdefault("eps_low", 0.2), cfg.setdefault("eps_high", 0.2), cfg.setdefault("dual_c", 3.0)
+    else:
+        cfg = {k: v for k, v in cfg.items() if k not in ("eps_low", "eps_high", "dual_c")}
+        for k, v in METHODS["ctpo"].items():
+            cfg.setdefault(k, v)
+    return cfg
+
+
+def check_inputs(logp, old_logp, advantages, mask):
+    """Validate shapes, dtypes and devices; return the mask as bool and the advantages as (B, T)."""
+    for name, x in (("logp", logp), ("old_logp", old_logp), ("advantages", advantages), ("mask", mask)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if logp.dim() != 2:
+        raise ValueError(f"logp: expected shape (B, T), got {tuple(logp.shape)}")
+    for name, x in (("logp", logp), ("old_logp", old_logp), ("advantages", advantages)):
+        if not x.is_floating_point():
+            raise TypeError(f"{name}: expected a floating dtype (float16/bfloat16/float32/float64), got {x.dtype}")
+    if old_logp.shape != logp.shape or mask.shape != logp.shape:
+        raise ValueError(f"old_logp, mask: expected shape {tuple(logp.shape)} like logp, got {tuple(old_logp.shape)}, {tuple(mask.shape)}")
+    if advantages.shape not in (logp.shape[:1], logp.shape):
+        raise ValueError(f"advantages: expected shape ({logp.shape[0]},) or {tuple(logp.shape)}, got {tuple(advantages.shape)}")
+    if mask.dtype != torch.bool:
+        if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError(f"mask: expected bool or 0/1 values, got dtype {mask.dtype} with other values")
+        mask = mask != 0
+    for name, x in (("old_logp", old_logp), ("advantages", advantages), ("mask", mask)):
+        if x.device != logp.device:
+            raise ValueError(f"{name}: expected device {logp.device} like logp, got {x.device}")
+    adv = advantages if advantages.dim() == 2 else advantages[:, None].expand_as(logp)
+    return mask, adv
+
+
+def importance_log_weights(logp, old_logp, mask, cfg):
+    """log w_t for the method in cfg, computed in float32 or better. Returns (B, T)."""
+    dtype = torch.promote_types(logp.dtype, torch.float32)
+    delta = (logp.to(dtype) - old_logp.to(dtype)).clamp(-cfg["delta_max"], cfg["delta_max"])  # (B, T)
+    if cfg["ratio"] == "cumulative":
+        log_w = cumulative_ratio(delta, mask, cfg["geomean"], cfg["stop_gradient"])
+    else:
+        log_w = RATIOS[cfg["ratio"]](delta, mask)
+    return log_w.clamp(max=cfg["log_w_max"])  # exp() of a long sum must not overflow
+
+
+def clip_bounds(t, cfg):
+    """(lower, upper, dual) log-space bounds of the method in cfg: scalars or (B, T) tensors."""
+    if cfg["clip"] == "ratio":
+        return ratio_clip_bounds(cfg["eps_low"], cfg["eps_high"], cfg["dual_c"])
+    return adaptive_clip_bounds(t, cfg["clip_low"], cfg["clip_high"], cfg["clip_c"], cfg["power"])
+
+
+def token_losses(logp, old_logp, adv, mask, cfg):
+    """The Python reference of the per-token CTPO/PPO-family loss. Returns (loss (B, T), log_w, t, flags)."""
+    t = response_position(mask)  # (B, T)
+    log_w = importance_log_weights(logp, old_logp, mask, cfg)  # (B, T)
+    lower, upper, dual = clip_bounds(t, cfg)
+    loss, flags = clipped_surrogate(log_w, adv.to(log_w.dtype), lower, upper, dual)
+    zero = torch.zeros((), dtype=loss.dtype, device=loss.device)
+    return torch.where(mask, loss, zero), log_w, t, tuple(f & mask for f in flags)
+
+
+def aggregate(loss, mask, agg="token-mean", num_tokens=None, num_seqs=None):
+    """Reduce per-token losses (B, T) to a scalar over mask tokens.
+
+    token-mean:          sum_{i,t} L / num_tokens      (default: this batch's mask count)
+    seq-mean-token-mean: sum_i (sum_t L / n_i) / num_seqs (default: rows with at least one token)
+    seq-mean-token-sum:  sum_{i,t} L / num_seqs
+    With gradient accumulation or several ranks, pass the global num_tokens / num_seqs: then summing
+    the micro-batch losses gives exactly the full-batch loss and gradient.
+    """
+    if agg not in AGGS:
+        raise ValueError(f"agg: unknown {agg!r}; expected one of {list(AGGS)}")
+    n_i = mask.sum(dim=-1)  # (B,)
+    if agg == "token-mean":
+        return loss.sum() / _at_least_one(n_i.sum() if num_tokens is None else num_tokens, loss)
+    denom = _at_least_one((n_i > 0).sum() if num_seqs is None else num_seqs, loss)
+    if agg == "seq-mean-token-sum":
+        return loss.sum() / denom
+    return (loss.sum(dim=-1) / n_i.clamp(min=1)).sum() / denom
+
+
+def _at_least_one(count, like):
+    # an empty batch gives loss 0, not 0/0
+    return torch.as_tensor(count, dtype=like.dtype, device=like.device).clamp(min=1)
+
+
+@torch.no_grad()
+def loss_metrics(log_w, t, mask, flags):
+    """Clip fractions (high / low / dual, paper directions), weight statistics, per-position data."""
+    n = mask.sum()
+    nf = n.clamp(min=1).float()
+    high, low, dual = flags
+    m = {"n_tokens": n, "n_clip_high": high.sum(), "n_clip_low": low.sum(), "n_clip_dual": dual.sum()}
+    m["clip_frac_high"], m["clip_frac_low"], m["clip_frac_dual"] = high.sum() / nf, low.sum() / nf, dual.sum() / nf
+    m["clip_frac"] = (high | low | dual).sum() / nf
+    w = torch.exp(log_w.float()[mask])  # the importance weights actually used
+    if w.numel() == 0:  # nothing to describe: report the on-policy value 1, never NaN
+        w = torch.ones(1, device=log_w.device)
+    m["ratio_mean"], m["ratio_min"], m["ratio_max"] = w.mean(), w.min(), w.max()
+    qs = torch.quantile(w, torch.tensor([0.1, 0.5, 0.9], device=w.device)) if w.numel() <= 2**24 else torch.full((3,), float("nan"))
+    m["ratio_q10"], m["ratio_q50"], m["ratio_q90"] = qs.unbind()
+    # per-token data for plots against the position t (the paper's Figure 1)
+    m["log_w"], m["t"], m["clipped"] = log_w.detach(), t, high | low | dual
+    return m
+
+
+def policy_loss(logp, old_logp, advantages, mask, method="ctpo", agg="token-mean", backend="python",
+                num_tokens=None, num_seqs=None, ref_logp=None, beta=0.0, **knobs):
+    """The CTPO loss (and its PPO/GRPO/GSPO/sequence relatives): one entry point. Returns (loss, metrics).
+
+    logp:       (B, T) log pi(a_t|s_t), with gradient (from `token_logprobs`)
+    old_logp:   (B, T) log pi_old(a_t|s_t) of the sampling policy (from `sample`), no gradient needed
+    advantages: (B,) one per response, or (B, T) per token
+    mask:       (B, T) bool or 0/1; 1 = a token the policy generated
+    method:     grpo | gspo | sequence | ctpo | ctpo-fixed | ctpo-geomean; knobs override the preset:
+                clip_low, clip_high, clip_c, power, eps_low, eps_high, dual_c, geomean, stop_gradient,
+                delta_max, log_w_max, ratio, clip
+    agg, num_tokens, num_seqs: see `aggregate`
+    backend:    python (this file) | ext (the fused C++/CUDA op) | auto (ext if it builds, else python)
+    ref_logp, beta: optional k3 KL penalty to a frozen reference policy (paper: beta = 0)
+    """
+    mask, adv = check_inputs(logp, old_logp, advantages, mask)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: unknown {backend!r}; expected one of {list(BACKENDS)}")
+    cfg = method_config(method, **knobs)
+    use_ext = backend != "python" and _ext_usable(backend, cfg, logp)
+    if use_ext:
+        loss_tok, log_w, t, flags = _ext_token_losses(logp, old_logp, adv, mask, cfg)
+    else:
+        loss_tok, log_w, t, flags = token_losses(logp, old_logp, adv, mask, cfg)
+    loss = aggregate(loss_tok, mask, agg, num_tokens, num_seqs)
+    metrics = loss_metrics(log_w, t, mask, flags)
+    if beta != 0.0:
+        if ref_logp is None or ref_logp.shape != logp.shape:
+            raise ValueError(f"ref_logp: expected shape {tuple(logp.shape)} when beta != 0")
+        kl = torch.where(mask, kl_k3(logp.float(), ref_logp.float()), 0.0)
+        metrics["kl"] = aggregate(kl.detach(), mask, agg, num_tokens, num_seqs)
+        loss = loss + beta * aggregate(kl, mask, agg, num_tokens, num_seqs)
+    metrics["backend"] = "ext" if use_ext else "python"
+    return loss, metrics
+
+
+def kl_k3(logp, ref_logp):
+    """k3 estimator of KL(pi || pi_ref) per token (Schulman 2020): exp(d) - d - 1 with d = ref - logp >= 0."""
+    d = (ref_logp - logp).clamp(-20, 20)
+    return torch.exp(d) - d - 1
+
+
+# -----------------------------------------------------------------------------
+# The fused extension backend (csrc/, loaded by ctpo_ext.py). Only the cumulative family with the
+# adaptive log window and the stop-gradient form has a fused kernel; everything else is Python.
+
+_ext_warned = False
+
+
+def _ext_usable(backend, cfg, logp):
+    global _ext_warned
+    why = None
+    if cfg["ratio"] != "cumulative" or cfg["clip"] != "adaptive" or not cfg["stop_gradient"]:
+        why = "the fused kernel covers the cumulative ratio with the adaptive clip and stop-gradient only"
+    else:
+        try:
+            import ctpo_ext
+
+            ctpo_ext.load()
+        except Exception as e:  # a missing compiler, a failed build
+            why = f"the extension could not be loaded ({e}); build it with `pip install --no-build-isolation -e .`"
+    if why is None:
+        return True
+    if backend == "ext":
+        raise RuntimeError(f"backend='ext': {why}")
+    if not _ext_warned:
+        warnings.warn(f"backend='auto' falls back to Python: {why}", stacklevel=3)
+        _ext_warned = True
+    return False
+
+
+def _ext_token_losses(logp, old_logp, adv, mask, cfg):
+    import ctpo_ext
+
+    loss, log_w = ctpo_ext.ctpo_token_loss(
+        logp, old_logp, adv, mask, cfg["clip_low"], cfg["clip_high"], cfg["clip_c"], cfg["power"],
+        cfg["geomean"], cfg["delta_max"], cfg["log_w_max"],
+    )
+    t = response_position(mask)
+    lower, upper, dual = clip_bounds(t, cfg)
+    flags = tuple(f & mask for f in clip_flags(log_w, adv.to(log_w.dtype), lower, upper, dual))
+    return loss, log_w, t, flags
