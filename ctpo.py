@@ -186,7 +186,7 @@ def token_logprobs(model, prompts, responses, mask, temperature=1.0):
     position P + t is scored by the logits at P + t - 1. Padding (mask False) is never scored: it
     gets exactly 0, whatever its id (pad may equal EOS).
     """
-    P, T = prompts.size(1), responses.size(1)
+    P = prompts.size(1)
     idx = torch.cat([prompts, responses], dim=1)  # (B, P+T)
     logits = model(idx[:, :-1])[:, P - 1 :]  # (B, T, V): row t scores responses[:, t]
     logprobs = F.log_softmax(logits.float() / temperature, dim=-1)
