@@ -217,11 +217,12 @@ def group_advantages(rewards, group_size, scale=True, eps=1e-6):
 # -----------------------------------------------------------------------------
 # The importance-ratio family. Each maps (delta = logp - old_logp, mask) to log w_t, (B, T).
 #
-# Stop-gradient form: log w_t = sg(value) + delta_t - sg(delta_t). The value is the ratio the method
-# wants, but the gradient is w_t * grad log pi(a_t|s_t) only. Why: the paper's estimator is
-# sum_t rho_t * A_t * grad log pi(a_t|s_t), with the earlier tokens' ratios acting as fixed weights;
-# differentiating the product itself would add grad log pi(a_t'|s_t') * A_t terms for every t' < t,
-# a different (and much noisier) estimator. Costs nothing: delta is computed anyway.
+# Stop-gradient form (the default): log w_t = sg(value) + delta_t - sg(delta_t). The value is the
+# ratio the method wants, but the gradient is w_t * grad log pi(a_t|s_t) only. Why: the paper's
+# estimator is sum_t rho_t * A_t * grad log pi(a_t|s_t), with the other tokens' ratios acting as fixed
+# weights; differentiating the product itself would add grad log pi(a_t'|s_t') * A_t terms for every
+# t' < t, a different (and much noisier) estimator. stop_gradient=False gives that form, for teaching
+# and for gradcheck (whose finite differences see the value, so they check the no-sg form).
 
 
 def response_position(mask):
@@ -229,38 +230,36 @@ def response_position(mask):
     return mask.long().cumsum(dim=-1)
 
 
-def _stop_gradient_form(value, delta):
-    return value.detach() + (delta - delta.detach())
+def _weights(value, delta, mask, stop_gradient):
+    # sg form: value of `value`, gradient of delta_t alone; otherwise differentiate `value` itself
+    log_w = value.detach() + (delta - delta.detach()) if stop_gradient else value
+    return torch.where(mask, log_w, torch.zeros_like(log_w))
 
 
-def token_ratio(delta, mask):
-    """PPO / GRPO: log r_t = delta_t."""
-    return torch.where(mask, delta, torch.zeros_like(delta))
+def token_ratio(delta, mask, stop_gradient=True):
+    """PPO / GRPO: log r_t = delta_t (both forms coincide)."""
+    return _weights(delta, delta, mask, stop_gradient)
 
 
-def sequence_ratio(delta, mask):
-    """Full sequence ratio prod_{t<=H} r_t on every token: log w_t = sum over the whole response."""
+def sequence_ratio(delta, mask, stop_gradient=True):
+    """Full sequence ratio prod_{t<=H} r_t on every token: log w_t = sum of delta over the whole response."""
     total = torch.where(mask, delta, 0.0).sum(dim=-1, keepdim=True).expand_as(delta)  # (B, T)
-    return torch.where(mask, _stop_gradient_form(total, delta), 0.0)
+    return _weights(total, delta, mask, stop_gradient)
 
 
-def gspo_ratio(delta, mask):
+def gspo_ratio(delta, mask, stop_gradient=True):
     """GSPO: the geometric mean (prod_{t<=H} r_t)^(1/H) over the H response tokens, on every token."""
     n = mask.sum(dim=-1, keepdim=True).clamp(min=1)
     mean = (torch.where(mask, delta, 0.0).sum(dim=-1, keepdim=True) / n).expand_as(delta)  # (B, T)
-    return torch.where(mask, _stop_gradient_form(mean, delta), 0.0)
+    return _weights(mean, delta, mask, stop_gradient)
 
 
-def cumulative_ratio(delta, mask, geomean=False, stop_gradient=True):
-    """CTPO: log rho_t = sum_{t'<=t} m_t' delta_t' (geomean: divided by t, the authors' second variant).
-
-    stop_gradient=False differentiates the prefix sum itself (for teaching: see the section comment).
-    """
+def cumulative_ratio(delta, mask, stop_gradient=True, geomean=False):
+    """CTPO: log rho_t = S_t = sum_{t'<=t} m_t' delta_t'; geomean: S_t / t, the authors' second variant."""
     prefix = torch.where(mask, delta, 0.0).cumsum(dim=-1)  # (B, T) S_t
     if geomean:
         prefix = prefix / response_position(mask).clamp(min=1)
-    log_rho = _stop_gradient_form(prefix, delta) if stop_gradient else prefix
-    return torch.where(mask, log_rho, 0.0)
+    return _weights(prefix, delta, mask, stop_gradient)
 
 
 # -----------------------------------------------------------------------------
@@ -276,7 +275,7 @@ def ratio_clip_bounds(eps_low=0.2, eps_high=0.2, dual_c=3.0):
     return math.log(1 - eps_low), math.log1p(eps_high), math.log(dual_c)
 
 
-def adaptive_clip_bounds(t, clip_low=0.025, clip_high=0.05, clip_c=0.05, power=0.5):
+def adaptive_clip_bounds(t, clip_low=0.025, clip_high=0.05, clip_c=0.05, power=0.5, dtype=torch.float32):
     """CTPO's position-adaptive log window: [-clip_low * t^p, clip_high * t^p], dual cap clip_c * t^p.
 
     t: (B, T) 1-indexed response positions. power=0 is the fixed-window ablation.
@@ -285,7 +284,7 @@ def adaptive_clip_bounds(t, clip_low=0.025, clip_high=0.05, clip_c=0.05, power=0
     """
     if not (clip_low >= 0 and clip_high >= 0 and clip_c > 0):
         raise ValueError(f"adaptive clip: need clip_low >= 0, clip_high >= 0, clip_c > 0; got {clip_low}, {clip_high}, {clip_c}")
-    scale = t.clamp(min=1).double().pow(power).float()  # (B, T) t^p, exact in float64 then rounded
+    scale = t.clamp(min=1).double().pow(power).to(dtype)  # (B, T) t^p in float64, then rounded
     return -clip_low * scale, clip_high * scale, clip_c * scale
 
 
@@ -381,32 +380,38 @@ def check_inputs(logp, old_logp, advantages, mask):
         if x.device != logp.device:
             raise ValueError(f"{name}: expected device {logp.device} like logp, got {x.device}")
     adv = advantages if advantages.dim() == 2 else advantages[:, None].expand_as(logp)
+    for name, x in (("logp", logp), ("old_logp", old_logp), ("advantages", adv)):
+        if not bool(torch.isfinite(torch.where(mask, x.detach(), 0.0)).all()):
+            raise ValueError(f"{name}: NaN or inf at a mask=1 position")
     return mask, adv
 
 
 def importance_log_weights(logp, old_logp, mask, cfg):
     """log w_t for the method in cfg, computed in float32 or better. Returns (B, T)."""
     dtype = torch.promote_types(logp.dtype, torch.float32)
-    delta = (logp.to(dtype) - old_logp.to(dtype)).clamp(-cfg["delta_max"], cfg["delta_max"])  # (B, T)
+    logp = logp.to(dtype)
+    delta = (logp - old_logp.to(dtype)).clamp(-cfg["delta_max"], cfg["delta_max"])  # (B, T)
+    # the clamp guards the value only: d delta / d logp stays 1, as in the authors' sg(S) + logp - sg(logp)
+    delta = delta.detach() + (logp - logp.detach())
     if cfg["ratio"] == "cumulative":
-        log_w = cumulative_ratio(delta, mask, cfg["geomean"], cfg["stop_gradient"])
+        log_w = cumulative_ratio(delta, mask, cfg["stop_gradient"], cfg["geomean"])
     else:
-        log_w = RATIOS[cfg["ratio"]](delta, mask)
+        log_w = RATIOS[cfg["ratio"]](delta, mask, cfg["stop_gradient"])
     return log_w.clamp(max=cfg["log_w_max"])  # exp() of a long sum must not overflow
 
 
-def clip_bounds(t, cfg):
+def clip_bounds(t, cfg, dtype=torch.float32):
     """(lower, upper, dual) log-space bounds of the method in cfg: scalars or (B, T) tensors."""
     if cfg["clip"] == "ratio":
         return ratio_clip_bounds(cfg["eps_low"], cfg["eps_high"], cfg["dual_c"])
-    return adaptive_clip_bounds(t, cfg["clip_low"], cfg["clip_high"], cfg["clip_c"], cfg["power"])
+    return adaptive_clip_bounds(t, cfg["clip_low"], cfg["clip_high"], cfg["clip_c"], cfg["power"], dtype)
 
 
 def token_losses(logp, old_logp, adv, mask, cfg):
     """The Python reference of the per-token CTPO/PPO-family loss. Returns (loss (B, T), log_w, t, flags)."""
     t = response_position(mask)  # (B, T)
     log_w = importance_log_weights(logp, old_logp, mask, cfg)  # (B, T)
-    lower, upper, dual = clip_bounds(t, cfg)
+    lower, upper, dual = clip_bounds(t, cfg, log_w.dtype)
     loss, flags = clipped_surrogate(log_w, adv.to(log_w.dtype), lower, upper, dual)
     zero = torch.zeros((), dtype=loss.dtype, device=loss.device)
     return torch.where(mask, loss, zero), log_w, t, tuple(f & mask for f in flags)
@@ -457,8 +462,20 @@ def loss_metrics(log_w, t, mask, flags):
     return m
 
 
-def policy_loss(logp, old_logp, advantages, mask, method="ctpo", agg="token-mean", backend="python",
-                num_tokens=None, num_seqs=None, ref_logp=None, beta=0.0, **knobs):
+def policy_loss(
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    method="ctpo",
+    agg="token-mean",
+    backend="python",
+    num_tokens=None,
+    num_seqs=None,
+    ref_logp=None,
+    beta=0.0,
+    **knobs,
+):
     """The CTPO loss (and its PPO/GRPO/GSPO/sequence relatives): one entry point. Returns (loss, metrics).
 
     logp:       (B, T) log pi(a_t|s_t), with gradient (from `token_logprobs`)
@@ -532,10 +549,19 @@ def _ext_token_losses(logp, old_logp, adv, mask, cfg):
     import ctpo_ext
 
     loss, log_w = ctpo_ext.ctpo_token_loss(
-        logp, old_logp, adv, mask, cfg["clip_low"], cfg["clip_high"], cfg["clip_c"], cfg["power"],
-        cfg["geomean"], cfg["delta_max"], cfg["log_w_max"],
+        logp,
+        old_logp,
+        adv,
+        mask,
+        cfg["clip_low"],
+        cfg["clip_high"],
+        cfg["clip_c"],
+        cfg["power"],
+        cfg["geomean"],
+        cfg["delta_max"],
+        cfg["log_w_max"],
     )
     t = response_position(mask)
-    lower, upper, dual = clip_bounds(t, cfg)
+    lower, upper, dual = clip_bounds(t, cfg, log_w.dtype)
     flags = tuple(f & mask for f in clip_flags(log_w, adv.to(log_w.dtype), lower, upper, dual))
     return loss, log_w, t, flags
