@@ -36,6 +36,8 @@ import torch.nn.functional as F
 
 @dataclass
 class GPTConfig:
+    """Size of the policy network."""
+
     vocab_size: int = 16  # tokens are characters of the toy task; no tokenizer
     block_size: int = 64  # longest prompt + response the model ever sees
     n_layer: int = 2
@@ -56,6 +58,8 @@ class KVCache:
 
 
 class CausalSelfAttention(nn.Module):
+    """Multi-head causal attention; with a cache, new queries attend to every cached key."""
+
     def __init__(self, config):
         super().__init__()
         assert config.n_embd % config.n_head == 0
@@ -82,6 +86,8 @@ class CausalSelfAttention(nn.Module):
 
 
 class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
     def __init__(self, config):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd)
@@ -152,6 +158,8 @@ def sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_
     """
     if prompts.dim() != 2 or prompts.dtype != torch.long:
         raise ValueError(f"prompts: expected a (B, P) long tensor, got {tuple(prompts.shape)} {prompts.dtype}")
+    if not temperature > 0:
+        raise ValueError(f"temperature: expected > 0 (use top_k=1 for greedy decoding), got {temperature}")
     B, P = prompts.shape
     cache = KVCache(model.config, B, P + max_new_tokens, prompts.device, next(model.parameters()).dtype)
     logits = model(prompts, cache)[:, -1]  # (B, V) scores the first response token
