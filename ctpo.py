@@ -270,6 +270,11 @@ def cumulative_ratio(delta, mask, stop_gradient=True, geomean=False):
     return _weights(prefix, delta, mask, stop_gradient)
 
 
+def cumulative_geomean_ratio(delta, mask, stop_gradient=True):
+    """The authors' second variant: the prefix geometric mean, log w_t = S_t / t."""
+    return cumulative_ratio(delta, mask, stop_gradient, geomean=True)
+
+
 # -----------------------------------------------------------------------------
 # Clipping. Both families are one window [lower_t, upper_t] on log w_t, plus a dual-clip cap dual_t
 # for A < 0 (Ye et al. 2020): PPO's ratio window [1 - eps_low, 1 + eps_high] is the constant log
@@ -329,7 +334,13 @@ def clipped_surrogate(log_w, adv, lower, upper, dual):
 # -----------------------------------------------------------------------------
 # The loss: method presets, input checks, aggregation, metrics
 
-RATIOS = {"token": token_ratio, "sequence": sequence_ratio, "gspo": gspo_ratio, "cumulative": cumulative_ratio}
+RATIOS = {
+    "token": token_ratio,
+    "sequence": sequence_ratio,
+    "gspo": gspo_ratio,
+    "cumulative": cumulative_ratio,
+    "cumulative-geomean": cumulative_geomean_ratio,
+}
 
 METHODS = {  # every knob can be overridden by keyword in policy_loss
     "grpo": dict(ratio="token", clip="ratio", eps_low=0.2, eps_high=0.2, dual_c=3.0),

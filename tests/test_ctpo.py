@@ -64,8 +64,10 @@ def ref_loss(delta, mask, adv, method, **kw):
     return loss, grad
 
 
-def run(delta, mask, adv, method, **kw):
+def run(delta, mask, adv, method, exact=False, **kw):
+    # exact=True: old_logp = 0, so that logp - old_logp is delta bit for bit
     old = torch.randn(delta.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    old = torch.zeros_like(old) if exact else old
     logp = (old + delta).requires_grad_(True)
     loss, metrics = ctpo.policy_loss(logp, old, adv, mask, method=method, **kw)
     loss.backward()
@@ -131,6 +133,8 @@ def test_T_equals_one_every_method_is_ppo():
     loss, grad, _ = run(d, m, adv, "ctpo")  # A>0: clipped high; A<0, rho above the dual cap; A<0 below lower
     assert loss == pytest.approx((-e(0.05) + e(0.05) + e(-0.025)) / 3, abs=1e-12)
     assert torch.all(grad == 0)
+    for same, like in (("gspo", "grpo"), ("sequence", "grpo"), ("ctpo-fixed", "ctpo"), ("ctpo-geomean", "ctpo")):
+        assert run(d, m, adv, same)[0] == pytest.approx(run(d, m, adv, like)[0], abs=1e-15)
 
 
 def test_token_exactly_on_bound_is_not_clipped():
@@ -138,10 +142,30 @@ def test_token_exactly_on_bound_is_not_clipped():
     kw = dict(clip_low=0.25, clip_high=0.5, clip_c=0.5)
     m = torch.ones(1, 1, dtype=torch.bool)
     for d, a in ((0.5, 1.0), (-0.25, -1.0), (0.5, -1.0)):
-        loss, grad, met = run(torch.tensor([[d]], dtype=torch.float64), m, torch.tensor([a], dtype=torch.float64), "ctpo-fixed", **kw)
+        loss, grad, met = run(torch.tensor([[d]], dtype=torch.float64), m, torch.tensor([a], dtype=torch.float64), "ctpo-fixed", True, **kw)
         assert loss == pytest.approx(-a * math.exp(d), abs=1e-15)
         assert grad.item() == pytest.approx(-a * math.exp(d), abs=1e-15)  # full gradient, not half
         assert met["clip_frac"].item() == 0
+    # the PPO window: log(1 + 0.2) is where the ratio window ends
+    up = math.log1p(0.2)
+    loss, grad, met = run(torch.tensor([[up]], dtype=torch.float64), m, torch.tensor([1.0], dtype=torch.float64), "grpo", True)
+    assert grad.item() == pytest.approx(-1.2, abs=1e-14) and met["clip_frac"].item() == 0
+    loss, grad, met = run(torch.tensor([[up + 1e-9]], dtype=torch.float64), m, torch.tensor([1.0], dtype=torch.float64), "grpo", True)
+    assert grad.item() == 0 and met["clip_frac_high"].item() == 1
+
+
+def test_ratio_functions_by_name():
+    delta = torch.tensor([[0.1, 0.2, 0.3, 0.4]], dtype=torch.float64)
+    mask = torch.tensor([[True, True, False, True]])
+    want = {
+        "token": [0.1, 0.2, 0.0, 0.4],
+        "sequence": [0.7, 0.7, 0.0, 0.7],
+        "gspo": [0.7 / 3, 0.7 / 3, 0.0, 0.7 / 3],
+        "cumulative": [0.1, 0.3, 0.0, 0.7],
+        "cumulative-geomean": [0.1, 0.15, 0.0, 0.7 / 3],
+    }
+    for name, fn in ctpo.RATIOS.items():
+        torch.testing.assert_close(fn(delta, mask), torch.tensor([want[name]], dtype=torch.float64))
 
 
 def test_all_masked_batch_is_zero_not_nan():
