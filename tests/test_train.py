@@ -1,0 +1,273 @@
+"""Tests of train_tiny.py (and compare.py, figure1.py): the task, a few-step smoke run of every method,
+exact resume, DDP == one process on the union batch, and clear errors for bad configuration."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import ctpo
+import train_tiny
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# a few-second configuration: a 1-layer model, a handful of prompts, no meaningful learning
+TINY = ["--n_layer=1", "--n_embd=32", "--sft_steps=3", "--sft_batch=8", "--eval_size=16", "--n_prompts=4", "--group_size=2",
+        "--num_minibatches=2", "--eval_interval=2", "--n_mistakes=1"]  # fmt: skip
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def clean_env():
+    return {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+
+
+def run(out_dir, *args):
+    return train_tiny.main([f"--out_dir={out_dir}", *TINY, *args])
+
+
+def rows(out_dir):
+    with open(os.path.join(out_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def state(out_dir):
+    return torch.load(os.path.join(out_dir, "ckpt.pt"), weights_only=False)
+
+
+# -----------------------------------------------------------------------------
+# the task
+
+
+def test_task_targets_and_reward():
+    C = train_tiny.parse_config([])
+    prompts, targets = train_tiny.make_batch(64, torch.Generator().manual_seed(0), C)
+    assert prompts.shape == targets.shape == (64, C.max_digits + 1)
+    for p, t in zip(prompts.tolist(), targets.tolist()):
+        digits = [x for x in p if x < 10]
+        assert C.min_digits <= len(digits) <= C.max_digits and p[-1] == train_tiny.EQ
+        assert t[: len(digits)] == sorted(digits) and t[len(digits)] == train_tiny.EOS
+    # the target itself scores 1; a response with one wrong digit is not exact but gets partial credit
+    mask = torch.arange(targets.size(1))[None, :] <= (targets != train_tiny.PAD).sum(1, keepdim=True)
+    reward, exact, length = train_tiny.score(targets, mask, targets, 0.5)
+    assert exact.all() and torch.allclose(reward, torch.ones(64)) and (length >= C.min_digits + 1).all()
+    wrong = targets.clone()
+    wrong[:, 0] = (wrong[:, 0] + 1) % 10
+    reward, exact, _ = train_tiny.score(wrong, mask, targets, 0.5)
+    assert not exact.any() and ((reward > 0.4) & (reward < 0.5)).all()
+    # stopping early (the end token too soon) is wrong, and so is a missing end token
+    short = mask.clone()
+    short[:, 1:] = False
+    assert not train_tiny.score(targets, short, targets, 0.5)[1].any()
+
+
+def test_heldout_split_is_fixed_and_excluded():
+    C = train_tiny.parse_config(["--seed=7"])
+    a, _ = train_tiny.make_batch(32, torch.Generator().manual_seed(C.eval_seed), C)
+    b, _ = train_tiny.make_batch(32, torch.Generator().manual_seed(train_tiny.parse_config([]).eval_seed), C)
+    assert torch.equal(a, b)  # the split does not depend on the run's seed
+    # a generator that reproduces the held-out prompts is forced onto fresh ones
+    problems = train_tiny.Problems(torch.Generator().manual_seed(C.eval_seed), C, {tuple(r) for r in a.tolist()})
+    p, _ = problems(32)
+    assert not any(tuple(r) in {tuple(x) for x in a.tolist()} for r in p.tolist())
+
+
+# -----------------------------------------------------------------------------
+# smoke runs: every method writes the files a user expects
+
+
+@pytest.mark.parametrize("method", sorted(ctpo.METHODS))
+def test_smoke_each_method(tmp_path, method):
+    out = str(tmp_path / method)
+    summary = run(out, f"--method={method}", "--rl_steps=3", "--backend=python")
+    for name in ("metrics.jsonl", "summary.json", "train.png", "ckpt.pt"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    assert not os.path.exists(os.path.join(out, "ckpt.pt.tmp"))
+    with open(os.path.join(out, "summary.json")) as f:
+        on_disk = json.load(f)
+    for key in ("method", "accuracy_before", "accuracy_after", "reward_before", "reward_after", "mean_response_len", "wall_seconds"):
+        assert key in on_disk and on_disk[key] == summary[key]
+    assert on_disk["method"] == method and 0 <= on_disk["accuracy_after"] <= 1 and on_disk["mean_response_len"] >= 1
+    r = rows(out)
+    assert [x["step"] for x in r] == [0, 1, 2, 3]
+    assert "acc" in r[0] and "acc" in r[2] and "acc" in r[3] and "acc" not in r[1]
+    for x in r[1:]:
+        for key in ("reward", "clip_frac_high", "clip_frac_low", "clip_frac_dual", "mean_len", "tok_per_s", "elapsed"):
+            assert key in x and x[key] == x[key], key  # present, not NaN
+        assert len(x["pos"]["n"]) == len(x["pos"]["sum"]) and sum(x["pos"]["n"]) > 0
+    assert state(out)["step"] == 3
+
+
+def test_auto_backend_without_the_extension(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ctpo_ext", None)  # as if ctpo_ext.py were missing: `import ctpo_ext` fails
+    monkeypatch.setattr(ctpo, "_ext_warned", False)
+    with pytest.warns(UserWarning, match="falls back to Python"):
+        summary = run(str(tmp_path / "auto"), "--backend=auto", "--rl_steps=1")
+    assert summary["backend_used"] == "python"
+    with pytest.raises(train_tiny.ConfigError, match="--backend=ext"):
+        run(str(tmp_path / "ext"), "--backend=ext", "--rl_steps=1")
+
+
+def test_figure1_and_compare(tmp_path):
+    # compare.py on two methods x one seed, then figure1.py on one of its runs
+    out = str(tmp_path / "cmp")
+    cmd = [sys.executable, "compare.py", "--methods=grpo,ctpo", "--seeds=1", f"--out_dir={out}", "--rl_steps=2", *TINY]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    for name in ("compare.md", "compare.json", "compare.png"):
+        assert os.path.getsize(os.path.join(out, name)) > 0
+    table = open(os.path.join(out, "compare.md")).read()
+    assert "| grpo |" in table and "| ctpo |" in table
+    png = str(tmp_path / "fig1.png")
+    r = subprocess.run(
+        [sys.executable, "figure1.py", f"--run={out}/ctpo-s1", f"--out={png}", "--min_frac=0"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert r.returncode == 0 and os.path.getsize(png) > 0, r.stdout + r.stderr
+    assert "sigma =" in r.stdout
+
+
+def test_figure1_fit():
+    import figure1
+
+    # exact sqrt(t) growth with sigma = 0.3, equal counts: the fit recovers it
+    n, sigma = 1000.0, 0.3
+    tot = {"n": [n] * 10, "sum": [0.0] * 10, "sumsq": [(n - 1) * (sigma * (t + 1) ** 0.5) ** 2 for t in range(10)]}
+    tot.update({k: [0.0] * 10 for k in ("clip_adaptive", "clip_fixed", "clip_method")})
+    st = figure1.position_stats(tot)
+    assert abs(st["sigma"] - sigma) < 1e-9 and st["t"] == list(range(1, 11))
+
+
+# -----------------------------------------------------------------------------
+# resume: N steps straight == N/2 steps, stop, resume N/2 more
+
+
+def test_resume_is_exact(tmp_path):
+    a, b = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    run(a, "--rl_steps=4", "--ckpt_interval=1")
+    run(b, "--rl_steps=2", "--ckpt_interval=1")
+    # a crash after writing a metrics row but before the next checkpoint: the row must not be duplicated
+    with open(os.path.join(b, "metrics.jsonl"), "a") as f:
+        f.write(json.dumps({"step": 3, "reward": -1.0}) + "\n")
+    run(b, "--rl_steps=4", "--ckpt_interval=1", "--resume=True")
+    sa, sb = state(a), state(b)
+    assert sa["step"] == sb["step"] == 4
+    for k in sa["model"]:
+        assert torch.equal(sa["model"][k], sb["model"][k]), k
+    for i, st in sa["optimizer"]["state"].items():
+        for k in st:
+            assert torch.equal(st[k], sb["optimizer"]["state"][i][k]), (i, k)
+    ra, rb = rows(a), rows(b)
+    assert [x["step"] for x in rb] == [0, 1, 2, 3, 4]
+    for x, y in zip(ra, rb):
+        for key in ("reward", "acc", "clip_frac_low", "mean_len", "pos"):
+            assert x.get(key) == y.get(key), (x["step"], key)
+
+
+def test_resume_refuses_a_changed_config(tmp_path):
+    out = str(tmp_path / "r")
+    run(out, "--rl_steps=1")
+    with pytest.raises(train_tiny.ConfigError, match="lr"):
+        run(out, "--rl_steps=2", "--resume=True", "--lr=0.5")
+    with pytest.raises(train_tiny.ConfigError, match="no checkpoint"):
+        run(str(tmp_path / "missing"), "--resume=True")
+
+
+# -----------------------------------------------------------------------------
+# DDP: 2 gloo ranks on the CPU == one process on the union batch
+
+
+def test_ddp_matches_single_process(tmp_path):
+    # the same init (no warm start), the same union batch of 8 prompts x 2, sharded 4 + 4 over the ranks
+    common = ["--sft_steps=0", "--n_prompts=8", "--num_minibatches=2", "--ddp_union_batch=True"]
+    init, single, ddp = (str(tmp_path / x) for x in ("init", "single", "ddp"))
+    run(init, *common, "--rl_steps=0")  # the parameters before the first update
+    run(single, *common, "--rl_steps=1")  # 1 rollout, 2 mini-batches: 2 updates
+    cmd = [*TORCHRUN, "train_tiny.py", f"--out_dir={ddp}", *TINY, *common, "--rl_steps=1"]
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=clean_env())
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    s0, s1, s2 = state(init), state(single), state(ddp)
+    assert s2["world_size"] == 2 and len(s2["rng"]) == 2
+    before = s0["model"]
+    upd_1 = torch.cat([(s1["model"][k] - before[k]).flatten() for k in before])
+    upd_2 = torch.cat([(s2["model"][k] - before[k]).flatten() for k in before])
+    assert upd_1.norm() > 0
+    # the same update up to float summation order (measured: ~1e-7 relative; the largest differences are
+    # in the attention key bias, whose gradient is exactly 0 in math and float noise that Adam rescales)
+    assert (upd_1 - upd_2).norm() <= 1e-5 * upd_1.norm(), ((upd_1 - upd_2).norm() / upd_1.norm()).item()
+    for k in before:
+        torch.testing.assert_close(s2["model"][k], s1["model"][k], rtol=1e-6, atol=1e-8)
+    # Adam hides a gradient scale error: check the gradient norm and the loss, reduced over ranks, directly
+    r1, r2 = rows(single)[1], rows(ddp)[1]
+    assert r2["grad_norm"] == pytest.approx(r1["grad_norm"], rel=1e-5) and r1["grad_norm"] > 0
+    assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5, abs=1e-9)
+    assert r2["reward"] == pytest.approx(r1["reward"], rel=1e-6) and r1["pos"]["n"] == r2["pos"]["n"]
+
+
+def test_ddp_resume_is_exact(tmp_path):
+    # 2 ranks, each with its own data and sampling RNG: the checkpoint holds every rank's RNG state
+    a, b = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    common = [*TINY, "--n_prompts=8", "--ckpt_interval=1"]
+    for out, extra in ((a, ["--rl_steps=4"]), (b, ["--rl_steps=2"]), (b, ["--rl_steps=4", "--resume=True"])):
+        r = subprocess.run(
+            [*TORCHRUN, "train_tiny.py", f"--out_dir={out}", *common, *extra],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=clean_env(),
+        )
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    sa, sb = state(a), state(b)
+    assert sa["step"] == sb["step"] == 4 and len(sb["rng"]) == 2
+    for k in sa["model"]:
+        assert torch.equal(sa["model"][k], sb["model"][k]), k
+    assert [x["step"] for x in rows(b)] == [0, 1, 2, 3, 4]
+
+
+# -----------------------------------------------------------------------------
+# configuration errors
+
+
+@pytest.mark.parametrize(
+    "arg, message",
+    [
+        ("--nope=1", "unknown config key 'nope'; valid keys: out_dir"),
+        ("--lr=fast", "--lr: expected float"),
+        ("--rl_steps=2.5", "--rl_steps: expected int"),
+        ("--adv_scale=1", "--adv_scale: expected bool"),
+        ("--method=ppo", "--method: expected one of"),
+        ("--backend=cuda", "--backend: expected one of"),
+        ("--group_size=1", "--group_size: need >= 2"),
+        ("--lr=-1e-3", "--lr: need > 0"),
+        ("--n_prompts=6", "multiple of num_minibatches"),
+        ("--min_digits=30", "--min_digits/--max_digits"),
+        ("--fixed_window=(2.0, 5.0)", "--fixed_window"),
+        ("lr=1", "expected --key=value"),
+    ],
+)
+def test_bad_config_values(arg, message):
+    with pytest.raises(train_tiny.ConfigError, match=message.replace("(", r"\(").replace("+", r"\+")):
+        train_tiny.parse_config([arg])
+
+
+def test_good_config_values():
+    C = train_tiny.parse_config(["--lr=1", "--method=grpo", "--method='gspo'", "--fixed_window=[0.6, 4]", "--adv_scale=False"])
+    assert C.lr == 1.0 and C.method == "gspo" and C.fixed_window == (0.6, 4) and C.adv_scale is False
+
+
+def test_out_dir_is_never_clobbered(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(train_tiny.ConfigError, match="not empty"):
+        run(str(out), "--rl_steps=1")
+    run(str(out), "--rl_steps=1", "--overwrite=True")  # replaces this script's outputs only
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_cli_error_exit_code():
+    r = subprocess.run([sys.executable, "train_tiny.py", "--group_size=one"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "train_tiny.py: error: --group_size: expected int" in r.stderr and "Traceback" not in r.stderr
