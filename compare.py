@@ -3,7 +3,6 @@ Method comparison on the toy: train_tiny.py for each method and seed, then a tab
 
     python compare.py                                           # grpo gspo ctpo ctpo-fixed x seeds 1 2 3
     python compare.py --methods=grpo,ctpo --seeds=1,2 --out_dir=out-cmp --rl_steps=200   # extra keys go to train_tiny
-    python compare.py --gspo_eps=preset     # gspo with ctpo.py's preset window [0.8, 1.2] instead of the GSPO paper's
 
 Runs are sequential (each uses every core) in out_dir/<method>-s<seed>/; a run that already has its
 summary.json and the same configuration is reused, so an interrupted comparison continues where it
@@ -21,13 +20,10 @@ import time
 import train_tiny
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# GSPO's ratio is a geometric mean over ~19 tokens: the preset's PPO window [0.8, 1.2] almost never binds
-# on it (no trust region, and on this toy no learning); the GSPO paper's own window is [1 - 3e-4, 1 + 4e-4]
-GSPO_PAPER = "--loss_kwargs={'eps_low': 3e-4, 'eps_high': 4e-4}"
 
 
 def parse(argv):
-    opts = {"methods": "grpo,gspo,ctpo,ctpo-fixed", "seeds": "1,2,3", "out_dir": "out-compare", "rerun": "False", "gspo_eps": "paper"}
+    opts = {"methods": "grpo,gspo,ctpo,ctpo-fixed", "seeds": "1,2,3", "out_dir": "out-compare", "rerun": "False"}
     extra = []
     for arg in argv:
         if not arg.startswith("--") or "=" not in arg:
@@ -41,12 +37,7 @@ def parse(argv):
             extra.append(arg)  # forwarded to train_tiny.py, which checks it
     methods = [m for m in opts["methods"].split(",") if m]
     seeds = [int(s) for s in opts["seeds"].split(",") if s]
-    if opts["gspo_eps"] not in ("paper", "preset"):
-        raise SystemExit(f"compare.py: error: --gspo_eps: expected paper or preset, got {opts['gspo_eps']!r}")
-    per_method = {}
-    if opts["gspo_eps"] == "paper" and not any(a.startswith("--loss_kwargs=") for a in extra):
-        per_method["gspo"] = [GSPO_PAPER]
-    return methods, seeds, opts["out_dir"], opts["rerun"] == "True", extra, per_method
+    return methods, seeds, opts["out_dir"], opts["rerun"] == "True", extra
 
 
 def mean_std(xs):
@@ -68,10 +59,9 @@ def up_to_date(run_dir, config):
 
 
 def main(argv):
-    methods, seeds, out_dir, rerun, extra, per_method = parse(argv)
-    args = {m: extra + per_method.get(m, []) for m in methods}
+    methods, seeds, out_dir, rerun, extra = parse(argv)
     try:  # check every run's arguments before spending minutes on the first one
-        configs = {(m, s): vars(train_tiny.parse_config([f"--method={m}", f"--seed={s}", *args[m]])) for m in methods for s in seeds}
+        configs = {(m, s): vars(train_tiny.parse_config([f"--method={m}", f"--seed={s}", *extra])) for m in methods for s in seeds}
     except train_tiny.ConfigError as e:
         raise SystemExit(f"compare.py: error: {e}") from None
     os.makedirs(out_dir, exist_ok=True)
@@ -89,9 +79,9 @@ def main(argv):
                     "--overwrite=True",
                 ]
                 t0 = time.time()
-                print(f"== {method} seed {seed}: {' '.join(cmd[1:] + args[method])}", flush=True)
+                print(f"== {method} seed {seed}: {' '.join(cmd[1:] + extra)}", flush=True)
                 with open(os.path.join(out_dir, f"{method}-s{seed}.log"), "w") as log:
-                    r = subprocess.run(cmd + args[method], stdout=log, stderr=subprocess.STDOUT)
+                    r = subprocess.run(cmd + extra, stdout=log, stderr=subprocess.STDOUT)
                 if r.returncode:
                     raise SystemExit(f"compare.py: {method} seed {seed} failed (exit {r.returncode}); see {log.name}")
                 print(f"   done in {time.time() - t0:.0f}s", flush=True)
@@ -133,7 +123,6 @@ def main(argv):
         ]
         lines.append("| " + " | ".join(cells) + " |")
     note = f"mean +- std over seeds {seeds}; extra train_tiny.py arguments: {' '.join(extra) or '(defaults)'}"
-    note += "".join(f"; {m} also: {' '.join(a)}" for m, a in per_method.items() if m in methods)
     md = "\n".join(lines) + f"\n\n{note}\n"
     with open(os.path.join(out_dir, "compare.md"), "w") as f:
         f.write(md)
@@ -155,8 +144,7 @@ def main(argv):
             if key == "reward":  # smooth the noisy per-step rollout reward over 10 steps
                 per_seed = [{st: sum(d.get(x, d[st]) for x in range(st - 9, st + 1)) / 10 for st in steps} for d in per_seed]
             ms = [mean_std([d[st] for d in per_seed]) for st in steps]
-            label = f"{method} (GSPO paper's eps)" if method == "gspo" and per_method.get("gspo") == [GSPO_PAPER] else method
-            ax.plot(steps, [m for m, _ in ms], color=f"C{k}", label=label, lw=1.4)
+            ax.plot(steps, [m for m, _ in ms], color=f"C{k}", label=method, lw=1.4)
             ax.fill_between(steps, [m - s for m, s in ms], [m + s for m, s in ms], color=f"C{k}", alpha=0.15)
     a1.set_ylabel("held-out exact match, greedy (%)")
     a1.set_title(f"sort toy: mean +- std over seeds {seeds}", fontsize=10)

@@ -344,7 +344,8 @@ RATIOS = {
 
 METHODS = {  # every knob can be overridden by keyword in policy_loss
     "grpo": dict(ratio="token", clip="ratio", eps_low=0.2, eps_high=0.2, dual_c=3.0),
-    "gspo": dict(ratio="gspo", clip="ratio", eps_low=0.2, eps_high=0.2, dual_c=3.0),  # GSPO paper: 3e-4 / 4e-4
+    # GSPO's own values: a geometric mean moves so little that PPO's 0.2 never clips (no trust region)
+    "gspo": dict(ratio="gspo", clip="ratio", eps_low=3e-4, eps_high=4e-4, dual_c=3.0),
     "sequence": dict(ratio="sequence", clip="ratio", eps_low=0.2, eps_high=0.2, dual_c=3.0),
     "ctpo": dict(ratio="cumulative", clip="adaptive", clip_low=0.025, clip_high=0.05, clip_c=0.05, power=0.5),
     "ctpo-fixed": dict(ratio="cumulative", clip="adaptive", clip_low=0.025, clip_high=0.05, clip_c=0.05, power=0.0),

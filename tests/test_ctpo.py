@@ -41,6 +41,8 @@ def ref_row(d, m, A, method, **kw):
         capped, logw = logw > 10.0, min(logw, 10.0)  # overflow guard: log rho <= 10, no gradient above
         if clip == "ratio":
             lo, hi, c = RATIO_CLIP["lo"], RATIO_CLIP["hi"], RATIO_CLIP["c"]
+            if ratio == "gspo":  # the GSPO paper's window [1 - 3e-4, 1 + 4e-4]
+                lo, hi = math.log(1 - 3e-4), math.log(1 + 4e-4)
         else:
             s = float(n) ** extra["p"]
             lo, hi, c = -extra["cl"] * s, extra["ch"] * s, extra["cc"] * s
@@ -133,8 +135,13 @@ def test_T_equals_one_every_method_is_ppo():
     loss, grad, _ = run(d, m, adv, "ctpo")  # A>0: clipped high; A<0, rho above the dual cap; A<0 below lower
     assert loss == pytest.approx((-e(0.05) + e(0.05) + e(-0.025)) / 3, abs=1e-12)
     assert torch.all(grad == 0)
-    for same, like in (("gspo", "grpo"), ("sequence", "grpo"), ("ctpo-fixed", "ctpo"), ("ctpo-geomean", "ctpo")):
-        assert run(d, m, adv, same)[0] == pytest.approx(run(d, m, adv, like)[0], abs=1e-15)
+    for same, like, kw in (
+        ("gspo", "grpo", dict(eps_low=0.2, eps_high=0.2)),  # GSPO's own window is narrower
+        ("sequence", "grpo", {}),
+        ("ctpo-fixed", "ctpo", {}),
+        ("ctpo-geomean", "ctpo", {}),
+    ):
+        assert run(d, m, adv, same, **kw)[0] == pytest.approx(run(d, m, adv, like)[0], abs=1e-15)
 
 
 def test_token_exactly_on_bound_is_not_clipped():
