@@ -1,0 +1,246 @@
+"""Benchmark forward+backward of the CTPO per-token loss: Python reference, torch.compile of it, the fused
+extension (csrc/), and a memory floor; all in one process, median of ~30 runs per backend (three rounds of
+back-to-back blocks, so each backend is timed in its own steady cache state and machine noise is spread over
+all of them). It also prints the max abs difference ext vs Python of the loss and of the gradient.
+
+    python bench.py                       # the default sizes, float32 and bfloat16: a table
+    python bench.py --json                # the same as JSON (a list of objects)
+    python bench.py --sizes 256x4096 --dtypes float32 --repeats 50
+    python bench.py --no-compile          # skip torch.compile (its first call compiles, ~10-60 s per shape)
+    python bench.py --breakdown           # also time the ext's parts: forward op, .sum(), backward op
+
+What is timed, per (B, T, dtype), each as  loss = per_token_loss.sum() / n_tokens;  grad = d loss / d logp:
+  python   ctpo.token_losses (eager), the reference ctpo.policy_loss(backend="python") runs
+  compile  torch.compile(fullgraph=True) of that same function (Inductor: C++/OpenMP/AVX-512 on CPU)
+  ext      ctpo_ext.ctpo_token_loss (torch.ops.ctpo.token_loss + token_loss_backward)
+  floor    the bytes a fused forward+backward must move, streamed once by plain torch kernels into
+           preallocated buffers: logp -> a float32 loss buffer (copy_), old_logp -> a float32 log_w buffer
+           (copy_), mask -> a bool buffer (copy_: the mask read, plus 1 byte written), and the gradient
+           written once (fill_). That is (2 * itemsize + 1) bytes read and (8 + itemsize + 1) written per
+           token: what the op must read and write (plus the 1-byte mask write), with no compute, no
+           autograd, no reduction, no allocation.
+GB/s is the op's minimal bytes, (2 * itemsize + 1) + (8 + itemsize) per token, divided by each time (an
+effective bandwidth: the ext moves more: the .sum() and the backward read the loss again).
+Inputs: logp ~ -1 + 0.05 N(0,1), old_logp = logp + 0.05 N(0,1) (so the cumulative ratio drifts and some
+tokens clip), advantages one per row (a (B,) tensor expanded, as policy_loss passes it), mask = variable
+length responses (lengths uniform in [T/2, T]) with a tool-output hole in every fourth row.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+import ctpo
+import ctpo_ext
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEFAULT_SIZES = ["16x1024", "64x4096", "256x4096", "256x8192"]
+
+
+def make_inputs(B, T, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logp = -1.0 + 0.05 * torch.randn(B, T, generator=g)
+    old = (logp + 0.05 * torch.randn(B, T, generator=g)).to(dtype)
+    logp = logp.to(dtype)
+    lens = torch.randint(T // 2, T + 1, (B,), generator=g)
+    mask = torch.arange(T)[None, :] < lens[:, None]
+    for i in range(0, B, 4):  # a tool-output span inside the response: masked, does not advance t
+        a = int(torch.randint(0, max(1, T // 2), (1,), generator=g))
+        mask[i, a : a + max(1, T // 16)] = False
+    adv = torch.randn(B, generator=g)
+    return logp, old, adv[:, None].expand(B, T), mask
+
+
+def timeit(fn):
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def cpu_jiffies():
+    """(busy jiffies of the whole machine, of this process): to tell how much other processes ran meanwhile."""
+    try:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        with open("/proc/self/stat") as f:
+            w = f.read().rsplit(")", 1)[1].split()
+        return v[0] + v[1] + v[2] + v[5] + v[6] + v[7], int(w[11]) + int(w[12])
+    except OSError:
+        return None
+
+
+def run_case(B, T, dtype_name, method, repeats, use_compile, breakdown=False, warmup=3):
+    dtype = DTYPES[dtype_name]
+    cfg = ctpo.method_config(method)
+    logp, old, adv, mask = make_inputs(B, T, dtype)
+    n = mask.sum().clamp(min=1).to(torch.float32)
+    x = logp.clone().requires_grad_()
+    knobs = (cfg["clip_low"], cfg["clip_high"], cfg["clip_c"], cfg["power"], cfg["geomean"], cfg["delta_max"], cfg["log_w_max"])
+
+    def python_loss(lp, ol, a, m):
+        return ctpo.token_losses(lp, ol, a, m, cfg)[0].sum() / n
+
+    def ext_loss(lp, ol, a, m):
+        return ctpo_ext.ctpo_token_loss(lp, ol, a, m, *knobs)[0].sum() / n
+
+    def fwd_bwd(loss_fn):
+        def f():
+            (g,) = torch.autograd.grad(loss_fn(x, old, adv, mask), x)
+            return g
+
+        return f
+
+    itemsize = logp.element_size()
+    loss_buf = torch.empty(B, T, dtype=torch.float32)
+    lw_buf = torch.empty(B, T, dtype=torch.float32)
+    mask_buf = torch.empty(B, T, dtype=torch.bool)
+    grad_buf = torch.empty(B, T, dtype=dtype)
+
+    def floor():
+        loss_buf.copy_(logp)
+        lw_buf.copy_(old)
+        mask_buf.copy_(mask)
+        grad_buf.fill_(0.0)
+
+    fns = {"python": fwd_bwd(python_loss), "ext": fwd_bwd(ext_loss), "floor": floor}
+    if use_compile:
+        fns["compile"] = fwd_bwd(torch.compile(python_loss, fullgraph=True, dynamic=False))
+    if breakdown:  # the parts of the ext's fwd+bwd, each alone: the forward op, the .sum(), the backward op
+        loss0, _, bits0 = torch.ops.ctpo.token_loss(logp, old, adv, mask, *knobs)
+        g0 = torch.ones((), dtype=loss0.dtype).expand(B, T)  # what .sum() / n hands the backward: a broadcast scalar
+        fns["ext_fwd_op"] = lambda: torch.ops.ctpo.token_loss(logp, old, adv, mask, *knobs)
+        fns["ext_sum"] = lambda: loss0.sum()
+        fns["ext_bwd_op"] = lambda: torch.ops.ctpo.token_loss_backward(g0, loss0, bits0, dtype)
+
+    # correctness: ext vs the Python reference (forward per-token loss and gradient)
+    lp_ref, lw_ref, _, _ = ctpo.token_losses(x, old, adv, mask, cfg)
+    (g_ref,) = torch.autograd.grad(lp_ref.sum() / n, x)
+    lp_ext, lw_ext = ctpo_ext.ctpo_token_loss(x, old, adv, mask, *knobs)
+    (g_ext,) = torch.autograd.grad(lp_ext.sum() / n, x)
+    diff_fwd = (lp_ref.detach() - lp_ext.detach()).abs().max().item()
+    diff_grad = (g_ref.float() - g_ext.float()).abs().max().item()
+    logw_equal = bool(torch.equal(lw_ref.detach(), lw_ext))
+
+    warm_ms = {}
+    for name, f in fns.items():  # compile, warm up
+        for _ in range(warmup):
+            warm_ms[name] = timeit(f)
+    # Rounds of blocks: each backend runs a block of back-to-back calls (2 untimed, so that it is measured in
+    # its own steady cache state, as a training loop calling it repeatedly would see), and the rounds
+    # interleave the backends so that a burst of machine noise does not hit one backend only.
+    times = {name: [] for name in fns}
+    rounds = 3
+    per_block = max(1, -(-repeats // rounds))
+    j0, t0 = cpu_jiffies(), time.perf_counter()
+    for _ in range(rounds):
+        for name, f in fns.items():
+            f()
+            f()
+            n_block = per_block if name != "python" else max(2, min(per_block, int(1500 / warm_ms[name])))  # <= ~1.5 s
+            for _ in range(n_block):
+                times[name].append(timeit(f))
+    j1, wall = cpu_jiffies(), time.perf_counter() - t0
+    floor_bytes = B * T * ((2 * itemsize + 1) + (8 + itemsize))
+    row = {"B": B, "T": T, "dtype": dtype_name, "method": method}
+    for name in ("python", "compile", "ext", "floor"):
+        ts = times.get(name)
+        row[f"{name}_ms"] = statistics.median(ts) if ts else None
+        row[f"{name}_min_ms"] = min(ts) if ts else None
+        row[f"{name}_GBps"] = floor_bytes / (statistics.median(ts) * 1e6) if ts else None
+    row["floor_bytes"] = floor_bytes
+    row["speedup_vs_python"] = row["python_ms"] / row["ext_ms"]
+    row["speedup_vs_compile"] = row["compile_ms"] / row["ext_ms"] if use_compile else None
+    row["ext_over_floor"] = row["ext_ms"] / row["floor_ms"]
+    row["max_abs_diff_fwd"] = diff_fwd
+    row["max_abs_diff_grad"] = diff_grad
+    row["log_w_bitwise_equal"] = logw_equal
+    if breakdown:
+        for name in ("ext_fwd_op", "ext_sum", "ext_bwd_op"):
+            row[f"{name}_ms"] = statistics.median(times[name])
+        row["ext_rest_ms"] = row["ext_ms"] - row["ext_fwd_op_ms"] - row["ext_sum_ms"] - row["ext_bwd_op_ms"]
+    if j0 is not None and j1 is not None:  # CPU share other processes took during the timed runs (noise indicator)
+        hz, ncpu = os.sysconf("SC_CLK_TCK"), os.cpu_count() or 1
+        row["other_load"] = max(0.0, ((j1[0] - j0[0]) - (j1[1] - j0[1])) / hz / (wall * ncpu))
+    return row
+
+
+def fmt(v, spec):
+    return "-" if v is None else format(v, spec)
+
+
+def print_table(rows, file=sys.stdout):
+    head = (
+        f"{'B':>4} {'T':>6} {'dtype':>8} | {'python':>8} {'compile':>8} {'ext':>7} {'floor':>7} ms | "
+        f"{'x py':>6} {'x comp':>6} {'ext/floor':>9} | {'min: ext':>8} {'floor':>6} | {'GB/s ext':>8} {'floor':>6} | "
+        f"{'diff fwd':>8} {'diff grad':>9} {'log_w ==':>8} {'noise':>5}"
+    )
+    print(head, file=file)
+    print("-" * len(head), file=file)
+    for r in rows:
+        print(
+            f"{r['B']:>4} {r['T']:>6} {r['dtype']:>8} | {fmt(r['python_ms'], '8.3f')} {fmt(r['compile_ms'], '8.3f')} "
+            f"{fmt(r['ext_ms'], '7.3f')} {fmt(r['floor_ms'], '7.3f')} ms | {fmt(r['speedup_vs_python'], '6.1f')} "
+            f"{fmt(r['speedup_vs_compile'], '6.1f')} {fmt(r['ext_over_floor'], '9.2f')} | {fmt(r['ext_min_ms'], '8.3f')} "
+            f"{fmt(r['floor_min_ms'], '6.3f')} | {fmt(r['ext_GBps'], '8.1f')} {fmt(r['floor_GBps'], '6.1f')} | "
+            f"{r['max_abs_diff_fwd']:8.1e} {r['max_abs_diff_grad']:9.1e} {str(r['log_w_bitwise_equal']):>8} "
+            f"{fmt(r.get('other_load'), '5.0%')}",
+            file=file,
+        )
+
+
+def print_breakdown(rows, file=sys.stdout):
+    print("\nwhere the ext's fwd+bwd time goes (medians, ms; rest = autograd + Python glue + the / n, by difference):", file=file)
+    head = f"{'B':>4} {'T':>6} {'dtype':>8} | {'fwd+bwd':>8} {'fwd op':>7} {'.sum()':>7} {'bwd op':>7} {'rest':>6} | {'floor':>6}"
+    print(head, file=file)
+    for r in rows:
+        print(
+            f"{r['B']:>4} {r['T']:>6} {r['dtype']:>8} | {r['ext_ms']:8.3f} {r['ext_fwd_op_ms']:7.3f} {r['ext_sum_ms']:7.3f} "
+            f"{r['ext_bwd_op_ms']:7.3f} {r['ext_rest_ms']:6.3f} | {r['floor_ms']:6.3f}",
+            file=file,
+        )
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, help="BxT, e.g. 256x4096 (default: %(default)s)")
+    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=sorted(DTYPES))
+    ap.add_argument("--method", default="ctpo", choices=["ctpo", "ctpo-fixed", "ctpo-geomean"])
+    ap.add_argument("--repeats", type=int, default=30, help="timed runs per backend (median reported)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
+    ap.add_argument("--json", action="store_true", help="print JSON (a list of objects) instead of the table")
+    ap.add_argument("--breakdown", action="store_true", help="also time the ext's parts: forward op, .sum(), backward op")
+    args = ap.parse_args(argv)
+
+    mod = ctpo_ext.load()
+    rows = []
+    for size in args.sizes:
+        B, T = (int(v) for v in size.lower().split("x"))
+        for dt in args.dtypes:
+            rows.append(run_case(B, T, dt, args.method, args.repeats, not args.no_compile, args.breakdown))
+            if not args.json:
+                print(f"done {size} {dt}", file=sys.stderr, flush=True)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return rows
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"ext CPU path {mod.compiled_cpu_path()}; method {args.method}; fwd+bwd of sum(per-token loss)/n, median of ~{args.repeats} runs"
+    )
+    print("floor = logp->loss buf, old_logp->log_w buf, mask->bool buf (copy_), grad buf fill_: the op's minimal bytes, streamed once")
+    print_table(rows)
+    if args.breakdown:
+        print_breakdown(rows)
+    print(
+        "ms: median of the interleaved runs (min: the fastest); x py / x comp / ext/floor: ratios of medians; noise: the CPU share "
+        "other processes took meanwhile (timings with more than a few % are not trustworthy on a 2-core machine)"
+    )
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+// Torch-free interface of the CUDA kernels (ctpo_cuda.cu): raw pointers, strides, dtype tags and a stream.
+// Included by the kernel file (nvcc) and by the torch glue (ctpo_cuda_glue.cpp, built only with CUDA torch).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace ctpo_cuda {
+
+enum class DType : int { F32 = 0, F64 = 1, BF16 = 2, F16 = 3 };
+
+struct FwdParams {
+  // inputs, (B, T) with unit stride along T and the given row strides (in elements)
+  const void* logp;      // logp_dtype
+  const void* old_logp;  // old_dtype: equal to logp_dtype, or the compute dtype
+  const void* adv;       // adv_rowwise: one value per row at adv + i * adv_rs (adv_dtype, any float);
+                         // else (B, T) in the compute dtype
+  const bool* mask;
+  DType logp_dtype, old_dtype, adv_dtype;
+  bool adv_rowwise;
+  int64_t B, T;
+  int64_t logp_rs, old_rs, adv_rs, mask_rs;
+  // knobs
+  double clip_low, clip_high, clip_c, power, delta_max, log_w_max;
+  bool geomean;
+  // outputs: loss, log_w contiguous (B, T) in the compute dtype (float64 if logp is float64, else float32);
+  // pass_bits (B, bits_rs) bytes, bits_rs = 4 * ceil(T / 32): bit j of a row (byte j / 8, bit j % 8) says
+  // whether d loss_j / d logp_j = loss_j (else 0)
+  void* loss;
+  void* log_w;
+  unsigned char* pass_bits;
+  int64_t bits_rs;
+};
+
+struct BwdParams {
+  const void* grad;  // (B, T) in the compute dtype, strides gs0, gs1 (either may be 0: broadcasts)
+  int64_t gs0, gs1;
+  const void* loss;  // contiguous (B, T), compute dtype
+  const unsigned char* pass_bits;  // (B, bits_rs)
+  int64_t bits_rs;
+  DType compute;  // F32 or F64
+  void* out;  // contiguous (B, T), out_dtype: grad * loss where the bit is set, else 0
+  DType out_dtype;
+  int64_t B, T;
+};
+
+// Launch on `stream`; return the launch status (cudaGetLastError after the launch).
+cudaError_t token_loss_forward(const FwdParams& p, cudaStream_t stream);
+cudaError_t token_loss_backward(const BwdParams& p, cudaStream_t stream);
+
+}  // namespace ctpo_cuda

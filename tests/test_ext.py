@@ -1,0 +1,469 @@
+"""The fused extension (csrc/, ctpo_ext.py) against the Python reference ctpo.token_losses.
+
+The first test to need it JIT-builds the extension (~30 s, once per fresh clone; CTPO_EXT_DIR sets where).
+Every CPU row kernel of the build is checked against the reference: the AVX-512 one (where compiled in), the
+portable at::vec one and the scalar one (switched with ctpo_ext.load().set_cpu_kernel(...)).
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+import ctpo
+import ctpo_ext
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KNOB_NAMES = ("clip_low", "clip_high", "clip_c", "power", "geomean", "delta_max", "log_w_max")
+CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def ext():
+    mod = ctpo_ext.load()  # builds here: a failure is a test failure (CI has a compiler)
+    yield mod
+    mod.set_cpu_kernel("auto")
+
+
+@pytest.fixture(params=["auto", "vec", "scalar"])
+def cpu_path(request, ext):
+    if request.param != "auto" and ext.compiled_cpu_path().startswith(request.param):
+        pytest.skip(f"auto is the {request.param} kernel in this build")
+    ext.set_cpu_kernel(request.param)
+    yield request.param
+    ext.set_cpu_kernel("auto")
+
+
+def cfg_for(geomean, power, **kw):
+    return ctpo.method_config("ctpo-geomean" if geomean else "ctpo", power=power, **kw)
+
+
+def knobs(cfg):
+    return tuple(cfg[k] for k in KNOB_NAMES)
+
+
+def make(B, T, dtype=torch.float32, seed=0, holes=True, full_rows=(), empty_rows=(), scale=0.05, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    logp = -1.0 + scale * torch.randn(B, T, generator=g, dtype=torch.float64)
+    old = logp + scale * torch.randn(B, T, generator=g, dtype=torch.float64)
+    lens = torch.randint(0, T + 1, (B,), generator=g)
+    mask = torch.arange(T)[None, :] < lens[:, None]
+    if holes:
+        mask &= torch.rand(B, T, generator=g) > 0.15
+    for i in full_rows:
+        mask[i] = True
+    for i in empty_rows:
+        mask[i] = False
+    adv = torch.randn(B, generator=g, dtype=torch.float64)
+    if B > 2:
+        adv[1] = 0.0
+    return [x.to(device) for x in (logp.to(dtype), old.to(dtype), adv.float(), mask)]
+
+
+def reference(logp, old, adv2, mask, cfg):
+    lp = logp.detach().clone().requires_grad_()
+    loss, log_w, _, _ = ctpo.token_losses(lp, old, adv2, mask, cfg)
+    (g,) = torch.autograd.grad(loss.sum(), lp)
+    return loss.detach(), log_w.detach(), g
+
+
+def extension(logp, old, adv2, mask, cfg):
+    lp = logp.detach().clone().requires_grad_()
+    loss, log_w = ctpo_ext.ctpo_token_loss(lp, old, adv2, mask, *knobs(cfg))
+    (g,) = torch.autograd.grad(loss.sum(), lp)
+    return loss.detach(), log_w, g
+
+
+def assert_parity(ref, got, exact_log_w=True):
+    (l_r, w_r, g_r), (l_e, w_e, g_e) = ref, got
+    assert l_e.dtype == l_r.dtype and w_e.dtype == w_r.dtype and g_e.dtype == g_r.dtype
+    tol = dict(rtol=1e-12, atol=1e-12) if l_r.dtype == torch.float64 else dict(rtol=2e-6, atol=2e-6)
+    if exact_log_w:
+        assert torch.equal(w_e, w_r), (w_e - w_r).abs().max()  # the clip decisions and the metrics depend on it
+    else:
+        torch.testing.assert_close(w_e, w_r, **tol)
+    torch.testing.assert_close(l_e, l_r, **tol)
+    torch.testing.assert_close(g_e.double(), g_r.double(), **tol)
+    assert torch.equal(g_e == 0, g_r == 0)  # clipped / masked tokens get exactly no gradient
+
+
+# -----------------------------------------------------------------------------
+# Parity with the Python reference
+
+
+@pytest.mark.parametrize("geomean", [False, True], ids=["cumprod", "geomean"])
+@pytest.mark.parametrize("power", [0.0, 0.5, -0.5])
+@pytest.mark.parametrize("adv_shape", ["row", "token"])
+def test_parity_every_mode(cpu_path, geomean, power, adv_shape):
+    cfg = cfg_for(geomean, power)
+    for B, T, seed in ((7, 1, 0), (5, 37, 1), (6, 333, 2), (3, 1000, 3)):
+        logp, old, adv, mask = make(B, T, seed=seed, full_rows=(0,), empty_rows=(B - 1,), scale=0.1)
+        adv2 = adv[:, None].expand(B, T) if adv_shape == "row" else torch.randn(B, T, generator=torch.Generator().manual_seed(seed))
+        assert_parity(reference(logp, old, adv2, mask, cfg), extension(logp, old, adv2, mask, cfg))
+
+
+@pytest.mark.parametrize("method", ["ctpo", "ctpo-fixed", "ctpo-geomean"])
+def test_parity_long_rows_t8192(cpu_path, method):
+    cfg = ctpo.method_config(method)
+    logp, old, adv, mask = make(3, 8192, seed=4, holes=False, full_rows=(0,))
+    mask[1, 1000:1300] = False  # a tool-output span inside the response
+    adv2 = adv[:, None].expand_as(logp)
+    assert_parity(reference(logp, old, adv2, mask, cfg), extension(logp, old, adv2, mask, cfg))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_parity_other_dtypes(cpu_path, dtype):
+    cfg = ctpo.method_config("ctpo")
+    logp, old, adv, mask = make(4, 300, dtype=dtype, seed=5)
+    adv2 = adv[:, None].expand_as(logp)
+    assert_parity(reference(logp, old, adv2, mask, cfg), extension(logp, old, adv2, mask, cfg))
+    # old_logp in another dtype than logp (e.g. float32 behaviour log-probs with bfloat16 logp)
+    old2 = old.float() if dtype != torch.float32 else old.double()
+    assert_parity(reference(logp, old2, adv2, mask, cfg), extension(logp, old2, adv2, mask, cfg))
+
+
+def test_clamps_and_extremes(cpu_path):
+    """delta beyond +-delta_max (value clamped, gradient kept), log rho above log_w_max (gradient 0), NaN/inf
+    at masked positions (ignored), all-masked rows, zero advantages."""
+    cfg = ctpo.method_config("ctpo", log_w_max=3.0)
+    logp, old, adv, mask = make(4, 200, seed=6, full_rows=(0, 2), empty_rows=(3,))
+    old[0, :3] = logp[0, :3] - 30.0  # delta clamped to 20, then log rho clamped at 3
+    old[2, 10] = logp[2, 10] + 25.0  # delta clamped to -20
+    logp[1, ~mask[1]] = float("nan")
+    old[3, :] = float("inf")
+    adv2 = adv[:, None].expand_as(logp).clone()
+    adv2[1, ~mask[1]] = float("nan")
+    ref, got = reference(logp, old, adv2, mask, cfg), extension(logp, old, adv2, mask, cfg)
+    assert_parity(ref, got)
+    assert torch.isfinite(got[0]).all() and torch.isfinite(got[2]).all()
+
+
+def test_values_exactly_on_a_bound(cpu_path):
+    """Dyadic deltas make log rho land exactly on a bound: such a token is not clipped (full gradient), one
+    step beyond is. Likewise log rho == log_w_max passes the gradient, above it does not."""
+    logp = torch.full((4, 4), -1.0)
+    d = torch.tensor(
+        [
+            [0.5, 0.0, 0.25, -0.25],  # A > 0: S = 0.5 (on hi), 0.5, 0.75 (above: clipped), 0.5
+            [-0.25, 0.0, -0.25, 0.25],  # A < 0: S = -0.25 (on lo), -0.25, -0.5 (below: clipped), -0.25
+            [0.75, 0.0, 0.25, -0.25],  # A < 0: S = 0.75 (on the dual cap), 0.75, 1.0 (above: clipped), 0.75
+            [0.5, 0.5, 0.5, 0.5],  # A = 0: never clipped, zero loss and gradient
+        ]
+    )
+    mask = torch.ones(4, 4, dtype=torch.bool)
+    adv2 = torch.tensor([1.0, -1.0, -2.0, 0.0])[:, None].expand(4, 4)
+    cfg = ctpo.method_config("ctpo-fixed", clip_low=0.25, clip_high=0.5, clip_c=0.75)
+    ref, got = reference(logp, logp - d, adv2, mask, cfg), extension(logp, logp - d, adv2, mask, cfg)
+    assert_parity(ref, got)
+    nonzero = got[2] != 0
+    assert nonzero[:3].tolist() == [[True, True, False, True]] * 3 and not nonzero[3].any()
+    # log_w_max = 0.5 inside a wide window: S = 0.5 passes the gradient, S = 0.75 (log_w clamped to 0.5) does not
+    cfg = ctpo.method_config("ctpo-fixed", clip_low=2.0, clip_high=2.0, clip_c=2.0, log_w_max=0.5)
+    ref, got = reference(logp, logp - d, adv2, mask, cfg), extension(logp, logp - d, adv2, mask, cfg)
+    assert_parity(ref, got)
+    assert (got[2][0] != 0).tolist() == [True, True, False, True] and got[1][0, 2] == 0.5
+
+
+def test_non_contiguous_inputs(cpu_path):
+    cfg = ctpo.method_config("ctpo")
+    B, T = 5, 129
+    logp, old, adv, mask = make(B, T, seed=7)
+    big = torch.randn(B, T + 11)
+    big[:, 3 : 3 + T] = logp
+    lp_slice = big[:, 3 : 3 + T]  # row stride T + 11
+    old_t = old.t().contiguous().t()  # column-major
+    mask_step = torch.zeros(B, 2 * T, dtype=torch.bool)
+    mask_step[:, ::2] = mask
+    mask_step = mask_step[:, ::2]  # stride 2 along T
+    adv_tok = torch.randn(T, B).t()  # per-token, transposed
+    for lp_, old_, adv_, mask_ in ((lp_slice, old_t, adv[:, None].expand(B, T), mask_step), (logp, old, adv_tok, mask)):
+        assert_parity(reference(lp_, old_, adv_, mask_, cfg), extension(lp_, old_, adv_, mask_, cfg))
+
+
+def test_broadcast_and_strided_upstream_gradients(ext):
+    """grad_loss as a broadcast scalar (sum), a per-row broadcast (per-sequence mean), and a dense tensor."""
+    cfg = ctpo.method_config("ctpo")
+    logp, old, adv, mask = make(4, 77, seed=8)
+    adv2 = adv[:, None].expand_as(logp)
+    w = torch.randn(4, 77)
+    for reduce in (lambda L: L.sum(), lambda L: (L.sum(-1) / 3.0).sum(), lambda L: (L * w).sum(), lambda L: L.t().contiguous()[5].sum()):
+        lp_r = logp.clone().requires_grad_()
+        (g_r,) = torch.autograd.grad(reduce(ctpo.token_losses(lp_r, old, adv2, mask, cfg)[0]), lp_r)
+        lp_e = logp.clone().requires_grad_()
+        (g_e,) = torch.autograd.grad(reduce(ctpo_ext.ctpo_token_loss(lp_e, old, adv2, mask, *knobs(cfg))[0]), lp_e)
+        torch.testing.assert_close(g_e, g_r, rtol=2e-6, atol=2e-6)
+
+
+def test_empty_shapes(ext):
+    cfg = ctpo.method_config("ctpo")
+    for B, T in ((0, 5), (3, 0)):
+        logp = torch.zeros(B, T, requires_grad=True)
+        loss, log_w = ctpo_ext.ctpo_token_loss(logp, torch.zeros(B, T), torch.zeros(B, T), torch.ones(B, T, dtype=torch.bool), *knobs(cfg))
+        assert loss.shape == (B, T) and log_w.shape == (B, T)
+        loss.sum().backward()
+        assert logp.grad.shape == (B, T)
+
+
+def test_inlined_exp_matches_sleef(ext):
+    """The AVX-512 kernel inlines Sleef's expf (what torch's Vectorized<float>::exp calls): bit-identical on a
+    spread of all 2^32 float bit patterns (exhaustively checked once: 0 mismatches)."""
+    if ext.compiled_cpu_path() != "avx512":
+        pytest.skip("no AVX-512 kernel in this build")
+    assert ext._exp16_mismatches(0, 2**32 // 251, 251) == 0
+    assert ext._exp16_mismatches(0xC2D00000, 2**20, 1) == 0  # around -104, where Sleef flushes to 0
+    assert ext._exp16_mismatches(0x42B00000, 2**20, 1) == 0  # around 88, where exp overflows
+
+
+def test_output_cache_gives_ordinary_tensors(ext):
+    cfg = ctpo.method_config("ctpo")
+    logp, old, adv, mask = make(3, 50, seed=17)
+    ext.pool_clear()
+    loss, log_w = ctpo_ext.ctpo_token_loss(logp, old, adv, mask, *knobs(cfg))
+    ref = loss.clone()
+    loss.resize_(10, 100)  # a resizable storage like any other tensor's
+    del loss, log_w
+    if ext.pool_cached_bytes() == 0:
+        pytest.skip("output cache disabled (CTPO_EXT_POOL_MB=0)")
+    again, _ = ctpo_ext.ctpo_token_loss(logp, old, adv, mask, *knobs(cfg))  # reuses a cached block
+    assert torch.equal(again, ref)
+    ext.pool_clear()
+    assert ext.pool_cached_bytes() == 0
+
+
+# -----------------------------------------------------------------------------
+# Accuracy in low precision, gradcheck, opcheck, torch.compile
+
+
+def test_bf16_error_vs_float64_truth_no_worse_than_python_float32(ext):
+    cfg = ctpo.method_config("ctpo")
+    logp, old, adv, mask = make(8, 2000, dtype=torch.bfloat16, seed=9, scale=0.02)
+    adv2 = adv[:, None].expand_as(logp)
+    truth = reference(logp.double(), old.double(), adv2.double(), mask, cfg)  # float64 on the same bf16 inputs
+    py = reference(logp, old, adv2, mask, cfg)  # the Python backend computes in float32
+    got = extension(logp, old, adv2, mask, cfg)
+    for i in range(2):  # loss, log_w
+        err_ext = (got[i].double() - truth[i]).abs().max().item()
+        err_py = (py[i].double() - truth[i]).abs().max().item()
+        assert err_ext <= err_py * 1.001 + 1e-7, (i, err_ext, err_py)
+    err_ext = (got[2].double() - truth[2]).abs().max().item()  # bf16 gradients: both round the same float32 values
+    err_py = (py[2].double() - truth[2]).abs().max().item()
+    assert err_ext <= err_py * 1.001 + 1e-7, (err_ext, err_py)
+
+
+def test_gradcheck_float64(ext):
+    """gradcheck compares with finite differences of the value, and in the stop-gradient form the value of
+    loss_t also moves with earlier tokens. So each checked output token gets its own input: row r of the batch
+    is a fixed sequence whose token r is the free variable x_r, and the function returns loss[r, r]. Then
+    d loss[r, r] / d x_r (prefix held fixed) is exactly what the stop-gradient form computes, for every
+    position (t = r + 1 here) and clip region (the data give unclipped, high, low and dual tokens); geomean is
+    checked at t = 1, where S_t / t = S_t."""
+    g = torch.Generator().manual_seed(13)
+    T = 12
+    base = -1.0 + 0.15 * torch.randn(T, generator=g, dtype=torch.float64)
+    old = (base + 0.15 * torch.randn(T, generator=g, dtype=torch.float64))[None].expand(T, T).contiguous()
+    adv2 = torch.randn(T, generator=g, dtype=torch.float64)[:, None].expand(T, T)  # mixed signs, one per row
+    mask = torch.ones(T, T, dtype=torch.bool)
+    eye = torch.eye(T, dtype=torch.bool)
+    n_clipped = 0
+    for geomean, power in ((False, 0.5), (False, 0.0), (False, -0.5), (True, -0.5)):
+        cfg = cfg_for(geomean, power, clip_low=0.1, clip_high=0.2, clip_c=0.3)
+        n = 1 if geomean else T
+
+        def f(x, n=n, cfg=cfg):
+            logp = torch.where(eye, x[:, None].expand(T, T), base[None].expand(T, T))
+            loss, _ = ctpo_ext.ctpo_token_loss(logp[:n], old[:n], adv2[:n], mask[:n], *knobs(cfg))
+            return loss.diagonal()
+
+        x = base.clone().requires_grad_()
+        assert torch.autograd.gradcheck(f, (x,), eps=1e-7, atol=1e-6)
+        flags = ctpo.token_losses(base[None].expand(T, T), old, adv2, mask, cfg)[3]
+        n_clipped += sum(int(fl.diagonal()[:n].sum()) for fl in flags)
+    assert n_clipped >= 5  # the zero-gradient regions were exercised too
+
+
+def test_opcheck(ext):
+    cfg = ctpo.method_config("ctpo")
+    logp, old, adv, mask = make(3, 40, seed=11)
+    for lp, ol, a in ((logp, old, adv[:, None].expand_as(logp)), (logp.double(), old.double(), torch.randn(3, 40, dtype=torch.float64))):
+        args = (lp.clone().requires_grad_(), ol, a, mask, *knobs(cfg))
+        torch.library.opcheck(torch.ops.ctpo.token_loss.default, args)
+    loss, _, bits = torch.ops.ctpo.token_loss(logp, old, adv[:, None].expand_as(logp), mask, *knobs(cfg))
+    assert bits.shape == (3, ctpo_ext.pass_bits_bytes(40)) and bits.dtype == torch.uint8
+    for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        torch.library.opcheck(torch.ops.ctpo.token_loss_backward.default, (torch.randn(3, 40), loss, bits, dt))
+
+
+def test_torch_compile_fullgraph(ext):
+    cfg = ctpo.method_config("ctpo")
+    logp, old, adv, mask = make(4, 64, seed=12)
+    adv2 = adv[:, None].expand_as(logp)
+    n = mask.sum().clamp(min=1)
+
+    def f(lp):
+        loss, log_w = ctpo_ext.ctpo_token_loss(lp, old, adv2, mask, *knobs(cfg))
+        return loss.sum() / n, log_w
+
+    lp_c = logp.clone().requires_grad_()
+    # no compile caches: their keys do not cover a C++ op's fake kernel, so a rebuilt extension could meet stale code
+    with torch._inductor.config.patch(force_disable_caches=True):
+        val_c, lw_c = torch.compile(f, fullgraph=True)(lp_c)
+        val_c.backward()
+    lp_e = logp.clone().requires_grad_()
+    val_e, lw_e = f(lp_e)
+    val_e.backward()
+    torch.testing.assert_close(val_c, val_e)
+    assert torch.equal(lw_c, lw_e)
+    torch.testing.assert_close(lp_c.grad, lp_e.grad)
+
+
+# -----------------------------------------------------------------------------
+# ctpo.policy_loss with backend="ext" / "auto"
+
+
+@pytest.mark.parametrize("method", ["ctpo", "ctpo-fixed", "ctpo-geomean"])
+@pytest.mark.parametrize("agg", ctpo.AGGS)
+def test_policy_loss_backends_agree(ext, method, agg):
+    logp, old, adv, mask = make(6, 300, seed=13, full_rows=(0,), empty_rows=(5,), scale=0.1)
+    out = {}
+    for backend in ("python", "ext"):
+        lp = logp.clone().requires_grad_()
+        loss, metrics = ctpo.policy_loss(lp, old, adv, mask, method=method, agg=agg, backend=backend)
+        loss.backward()
+        out[backend] = (loss.detach(), lp.grad, metrics)
+    (l_p, g_p, m_p), (l_e, g_e, m_e) = out["python"], out["ext"]
+    assert m_p["backend"] == "python" and m_e["backend"] == "ext"
+    torch.testing.assert_close(l_e, l_p, rtol=2e-6, atol=1e-7)
+    torch.testing.assert_close(g_e, g_p, rtol=2e-6, atol=1e-8)
+    assert m_p.keys() == m_e.keys()
+    for k in m_p:
+        if isinstance(m_p[k], torch.Tensor):
+            assert torch.equal(m_p[k], m_e[k]), k  # identical metrics: same log rho bits, same clip flags
+
+
+def test_backend_auto_uses_the_extension(ext):
+    logp, old, adv, mask = make(2, 10, seed=14)
+    _, metrics = ctpo.policy_loss(logp, old, adv, mask, backend="auto")
+    assert metrics["backend"] == "ext"
+
+
+def test_failed_build_falls_back_with_one_warning(monkeypatch):
+    def broken(verbose):
+        raise OSError("simulated: no C++ compiler")
+
+    monkeypatch.setattr(ctpo_ext, "_module", None)
+    monkeypatch.setattr(ctpo_ext, "_error", None)
+    monkeypatch.setattr(ctpo_ext, "_jit_build", broken)
+    monkeypatch.setattr(ctpo_ext, "AOT_NAME", "_ctpo_ext_not_installed")
+    monkeypatch.setattr(ctpo, "_ext_warned", False)
+    with pytest.raises(RuntimeError, match="pip install --no-build-isolation -e"):
+        ctpo_ext.load()
+    logp, old, adv, mask = make(2, 10, seed=15)
+    with pytest.raises(RuntimeError, match="backend='ext'.*pip install"):
+        ctpo.policy_loss(logp, old, adv, mask, backend="ext")
+    with pytest.warns(UserWarning, match="falls back to Python"):
+        _, m = ctpo.policy_loss(logp, old, adv, mask, backend="auto")
+    assert m["backend"] == "python"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # only one warning per process
+        ctpo.policy_loss(logp, old, adv, mask, backend="auto")
+
+
+def test_missing_compiler_says_how_to_build(tmp_path):
+    env = dict(os.environ, CXX="no-such-compiler-ctpo", CTPO_EXT_JIT="1", CTPO_EXT_DIR=str(tmp_path))
+    code = "import ctpo_ext\ntry:\n    ctpo_ext.load()\nexcept RuntimeError as e:\n    print(e)\nelse:\n    print('loaded')"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120).stdout
+    assert "no C++ compiler" in out and "pip install --no-build-isolation -e ." in out, out
+
+
+# -----------------------------------------------------------------------------
+# Errors
+
+
+def test_errors_name_the_argument(ext):
+    cfg = ctpo.method_config("ctpo")
+    k = knobs(cfg)
+    logp, old, adv, mask = make(2, 8, seed=16)
+    adv2 = adv[:, None].expand_as(logp)
+    cases = [
+        ((logp[0], old[0], adv, mask[0]), ValueError, "logp"),
+        ((logp.long(), old, adv2, mask), TypeError, "logp"),
+        ((logp, old.int(), adv2, mask), TypeError, "old_logp"),
+        ((logp, old, adv2.long(), mask), TypeError, "adv"),
+        ((logp, old, adv2, mask.float()), TypeError, "mask"),
+        ((logp, old[:, :4], adv2, mask), ValueError, "old_logp"),
+        ((logp, old, adv2[:, :4], mask), ValueError, "adv"),
+        ((logp, old, adv2, mask[:, :4]), ValueError, "mask"),
+        ((logp, old.to("meta"), adv2, mask), ValueError, "old_logp"),
+        ((logp, old, "adv", mask), TypeError, "adv"),
+    ]
+    for args, exc, name in cases:
+        with pytest.raises(exc, match=name):
+            ctpo_ext.ctpo_token_loss(*args, *k)
+    with pytest.raises(ValueError, match="clip_c"):
+        ctpo_ext.ctpo_token_loss(logp, old, adv2, mask, 0.1, 0.1, 0.0, 0.5, False, 20.0, 10.0)
+    # the raw op checks too (ValueError / TypeError from C++)
+    with pytest.raises(ValueError, match="mask"):
+        torch.ops.ctpo.token_loss(logp, old, adv2, mask[:, :4], *k)
+    with pytest.raises(TypeError, match="logp"):
+        torch.ops.ctpo.token_loss(logp.long(), old, adv2, mask, *k)
+    bits = torch.zeros(2, 4, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="grad_loss"):
+        torch.ops.ctpo.token_loss_backward(torch.ones(3), torch.ones(2, 8), bits, torch.float32)
+    with pytest.raises(ValueError, match="pass_bits"):
+        torch.ops.ctpo.token_loss_backward(torch.ones(2, 8), torch.ones(2, 8), bits[:, :2], torch.float32)
+    with pytest.raises(TypeError, match="pass_bits"):
+        torch.ops.ctpo.token_loss_backward(torch.ones(2, 8), torch.ones(2, 8), bits.float(), torch.float32)
+
+
+def test_unsupported_device_is_a_clear_error(ext):
+    cfg = ctpo.method_config("ctpo")
+    x = torch.zeros(2, 3, device="meta")
+    assert ctpo_ext.supports(torch.zeros(1)) and not ctpo_ext.supports(x)
+    with pytest.raises(ValueError, match="logp: the fused kernel runs on CPU and CUDA"):
+        ctpo_ext.ctpo_token_loss(x, x, x, torch.ones(2, 3, dtype=torch.bool, device="meta"), *knobs(cfg))
+
+
+# -----------------------------------------------------------------------------
+# CUDA: parity on a GPU (skipped without one), and a compile check of the torch-free kernel with nvcc
+
+
+@pytest.mark.skipif(not CUDA, reason="no CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("method", ["ctpo", "ctpo-fixed", "ctpo-geomean"])
+def test_cuda_parity(ext, dtype, method):
+    if not ext.with_cuda():
+        pytest.skip("extension built without CUDA kernels")
+    cfg = ctpo.method_config(method)
+    for B, T, seed in ((3, 1, 0), (5, 333, 1), (2, 8192, 2)):
+        logp, old, adv, mask = make(B, T, dtype=dtype, seed=seed, device="cuda", full_rows=(0,), empty_rows=(B - 1,))
+        for adv2 in (adv[:, None].expand_as(logp), torch.randn(B, T, device="cuda")):
+            ref = reference(logp.cpu(), old.cpu(), adv2.cpu(), mask.cpu(), cfg)
+            got = [x.cpu() for x in extension(logp, old, adv2, mask, cfg)]
+            assert_parity(ref, got, exact_log_w=False)
+
+
+@pytest.mark.skipif(not CUDA, reason="no CUDA device")
+def test_cuda_compile_and_policy_loss(ext):
+    if not ext.with_cuda():
+        pytest.skip("extension built without CUDA kernels")
+    logp, old, adv, mask = make(4, 500, seed=3, device="cuda")
+    lp = logp.clone().requires_grad_()
+    loss, m = ctpo.policy_loss(lp, old, adv, mask, backend="ext")
+    loss.backward()
+    assert m["backend"] == "ext" and torch.isfinite(lp.grad).all()
+    f = torch.compile(lambda x: ctpo_ext.ctpo_token_loss(x, old, adv, mask)[0].sum(), fullgraph=True)
+    with torch._inductor.config.patch(force_disable_caches=True):
+        torch.testing.assert_close(f(logp), ctpo_ext.ctpo_token_loss(logp, old, adv, mask)[0].sum())
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found")
+def test_cuda_kernel_compiles_with_nvcc(tmp_path):
+    src = os.path.join(ROOT, "csrc", "ctpo_cuda.cu")
+    cmd = ["nvcc", "-c", src, "-o", str(tmp_path / "ctpo_cuda.o"), "-std=c++17", "-O1", "-Xcompiler", "-Wall"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "warning" not in res.stderr.lower(), res.stderr[-4000:]
