@@ -400,9 +400,11 @@ def check_inputs(logp, old_logp, advantages, mask):
         if x.device != logp.device:
             raise ValueError(f"{name}: expected device {logp.device} like logp, got {x.device}")
     adv = advantages if advantages.dim() == 2 else advantages[:, None].expand_as(logp)
-    for name, x in (("logp", logp), ("old_logp", old_logp), ("advantages", adv)):
-        if not bool(torch.isfinite(torch.where(mask, x.detach(), 0.0)).all()):
-            raise ValueError(f"{name}: NaN or inf at a mask=1 position")
+    # one pass for the common case (a NaN or inf in any input makes the sum non-finite), then find which
+    if not bool(torch.isfinite(torch.where(mask, logp.detach().float() + old_logp.float() + adv.float(), 0.0)).all()):
+        for name, x in (("logp", logp), ("old_logp", old_logp), ("advantages", adv)):
+            if not bool(torch.isfinite(torch.where(mask, x.detach(), 0.0)).all()):
+                raise ValueError(f"{name}: NaN or inf at a mask=1 position")
     return mask, adv
 
 
@@ -475,8 +477,8 @@ def loss_metrics(log_w, t, mask, flags):
     if w.numel() == 0:  # nothing to describe: report the on-policy value 1, never NaN
         w = torch.ones(1, device=log_w.device)
     m["ratio_mean"], m["ratio_min"], m["ratio_max"] = w.mean(), w.min(), w.max()
-    qs = torch.quantile(w, torch.tensor([0.1, 0.5, 0.9], device=w.device)) if w.numel() <= 2**24 else torch.full((3,), float("nan"))
-    m["ratio_q10"], m["ratio_q50"], m["ratio_q90"] = qs.unbind()
+    for q in (10, 50, 90):  # nearest-rank quantiles: a selection, not a full sort, and no size limit
+        m[f"ratio_q{q}"] = w.kthvalue(max(1, math.ceil(q / 100 * w.numel()))).values
     # per-token data for plots against the position t (the paper's Figure 1)
     m["log_w"], m["t"], m["clipped"] = log_w.detach(), t, high | low | dual
     return m
@@ -546,13 +548,14 @@ _ext_warned = False
 def _ext_usable(backend, cfg, logp):
     global _ext_warned
     why = None
-    if cfg["ratio"] != "cumulative" or cfg["clip"] != "adaptive" or not cfg["stop_gradient"]:
+    if cfg["ratio"] not in ("cumulative", "cumulative-geomean") or cfg["clip"] != "adaptive" or not cfg["stop_gradient"]:
         why = "the fused kernel covers the cumulative ratio with the adaptive clip and stop-gradient only"
     else:
         try:
             import ctpo_ext
 
-            ctpo_ext.load()
+            if not ctpo_ext.supports(logp):
+                why = f"the extension was built without a kernel for {logp.device.type} tensors"
         except Exception as e:  # a missing compiler, a failed build
             why = f"the extension could not be loaded ({e}); build it with `pip install --no-build-isolation -e .`"
     if why is None:
@@ -577,7 +580,7 @@ def _ext_token_losses(logp, old_logp, adv, mask, cfg):
         cfg["clip_high"],
         cfg["clip_c"],
         cfg["power"],
-        cfg["geomean"],
+        cfg["geomean"] or cfg["ratio"] == "cumulative-geomean",
         cfg["delta_max"],
         cfg["log_w_max"],
     )

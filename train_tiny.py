@@ -389,7 +389,10 @@ def main(argv=None):
     if device_type == "cuda":
         torch.cuda.set_device(device)
     try:
-        return run(C, rank, world, device, ddp, t_start)
+        result = run(C, rank, world, device, ddp, t_start)
+        if ddp:
+            dist.barrier()  # leave together: a rank that tears gloo down while rank 0 still writes can abort
+        return result
     finally:
         if ddp:
             dist.destroy_process_group()

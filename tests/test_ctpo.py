@@ -175,6 +175,16 @@ def test_ratio_functions_by_name():
         torch.testing.assert_close(fn(delta, mask), torch.tensor([want[name]], dtype=torch.float64))
 
 
+def test_weight_statistics():
+    # token ratio, weights exactly 1..10 (one token masked out): nearest-rank quantiles
+    delta = torch.log(torch.arange(1, 12, dtype=torch.float64))[None]  # (1, 11)
+    mask = torch.ones(1, 11, dtype=torch.bool)
+    mask[0, 10] = False
+    _, _, met = run(delta, mask, torch.ones(1, dtype=torch.float64), "grpo", True)
+    got = [met[k].item() for k in ("ratio_mean", "ratio_min", "ratio_max", "ratio_q10", "ratio_q50", "ratio_q90")]
+    assert got == pytest.approx([5.5, 1.0, 10.0, 1.0, 5.0, 9.0], rel=1e-6)
+
+
 def test_all_masked_batch_is_zero_not_nan():
     d = torch.randn(2, 5, dtype=torch.float64)
     for method in PRESETS:

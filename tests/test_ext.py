@@ -344,6 +344,14 @@ def test_policy_loss_backends_agree(ext, method, agg):
             assert torch.equal(m_p[k], m_e[k]), k  # identical metrics: same log rho bits, same clip flags
 
 
+def test_geomean_by_ratio_name_uses_the_kernel(ext):
+    logp, old, adv, mask = make(4, 50, seed=15, scale=0.1)
+    by_name = ctpo.policy_loss(logp, old, adv, mask, method="ctpo", ratio="cumulative-geomean", power=-0.5, backend="ext")
+    by_preset = ctpo.policy_loss(logp, old, adv, mask, method="ctpo-geomean", backend="python")
+    assert by_name[1]["backend"] == "ext"
+    torch.testing.assert_close(by_name[0], by_preset[0], rtol=2e-6, atol=1e-7)
+
+
 def test_backend_auto_uses_the_extension(ext):
     logp, old, adv, mask = make(2, 10, seed=14)
     _, metrics = ctpo.policy_loss(logp, old, adv, mask, backend="auto")
