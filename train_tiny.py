@@ -8,7 +8,7 @@ and a single wrong count anywhere in it makes the whole answer wrong: position m
 
     ...31415926535897932=  ->  11233455567899999$        (16..20 digits; '.' pads the prompt)
 
-Run it (defaults: about a minute on an idle 2-core CPU; docs/train.md has the measured numbers):
+Run it (defaults: about a minute on an idle 2-core CPU; the README has the measured numbers):
 
     python train_tiny.py                                   # CTPO, outputs in out-tiny/
     python train_tiny.py --method=grpo --out_dir=out-grpo  # any --key=value below overrides a default
