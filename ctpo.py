@@ -430,7 +430,14 @@ def clip_bounds(t, cfg, dtype=torch.float32):
 
 
 def token_losses(logp, old_logp, adv, mask, cfg):
-    """The Python reference of the per-token CTPO/PPO-family loss. Returns (loss (B, T), log_w, t, flags)."""
+    """The CTPO loss per token (and its PPO-family relatives), the Python reference the kernel matches.
+
+    The paper's loss step by step: delta_t = clamp(logp - old_logp, +-20); S_t = sum_{t'<=t} m delta;
+    log rho_t = min(sg(S_t) + logp_t - sg(logp_t), 10)  (importance_log_weights);  t = count of mask
+    tokens so far (response_position);  window [-clip_low t^p, clip_high t^p], dual cap clip_c t^p
+    (adaptive_clip_bounds);  L_t = max(-A rho, -A clip(rho)), min(., -A e^(clip_c t^p)) for A < 0
+    (clipped_surrogate);  0 off the mask. Returns (loss (B, T), log_w, t, flags).
+    """
     t = response_position(mask)  # (B, T)
     log_w = importance_log_weights(logp, old_logp, mask, cfg)  # (B, T)
     lower, upper, dual = clip_bounds(t, cfg, log_w.dtype)
