@@ -480,12 +480,20 @@ def loss_metrics(log_w, t, mask, flags):
     m = {"n_tokens": n, "n_clip_high": high.sum(), "n_clip_low": low.sum(), "n_clip_dual": dual.sum()}
     m["clip_frac_high"], m["clip_frac_low"], m["clip_frac_dual"] = high.sum() / nf, low.sum() / nf, dual.sum() / nf
     m["clip_frac"] = (high | low | dual).sum() / nf
-    w = torch.exp(log_w.float()[mask])  # the importance weights actually used
-    if w.numel() == 0:  # nothing to describe: report the on-policy value 1, never NaN
-        w = torch.ones(1, device=log_w.device)
-    m["ratio_mean"], m["ratio_min"], m["ratio_max"] = w.mean(), w.min(), w.max()
-    for q in (10, 50, 90):  # nearest-rank quantiles: a selection, not a full sort, and no size limit
-        m[f"ratio_q{q}"] = w.kthvalue(max(1, math.ceil(q / 100 * w.numel()))).values
+    w = torch.exp(log_w.float())  # (B, T) the importance weights actually used
+    one, inf = torch.ones((), device=w.device), torch.tensor(float("inf"), device=w.device)
+    empty = n == 0  # nothing to describe: report the on-policy value 1, never NaN or inf
+    m["ratio_mean"] = torch.where(empty, one, torch.where(mask, w, 0.0).sum() / nf)
+    m["ratio_min"] = torch.where(empty, one, torch.where(mask, w, inf).amin())
+    m["ratio_max"] = torch.where(empty, one, torch.where(mask, w, -inf).amax())
+    # nearest-rank quantiles by selection; beyond 2^16 tokens from an evenly strided subsample (cheap, and
+    # plenty for a metric)
+    stride = max(1, math.ceil(w.numel() / 2**16))
+    sample = w.flatten()[::stride][mask.flatten()[::stride]]
+    if sample.numel() == 0:  # a sparse mask that the stride missed, or no tokens at all
+        sample = w[mask] if bool(n) else one[None]
+    for q in (10, 50, 90):
+        m[f"ratio_q{q}"] = sample.kthvalue(max(1, math.ceil(q / 100 * sample.numel()))).values
     # per-token data for plots against the position t (the paper's Figure 1)
     m["log_w"], m["t"], m["clipped"] = log_w.detach(), t, high | low | dual
     return m

@@ -185,6 +185,17 @@ def test_weight_statistics():
     assert got == pytest.approx([5.5, 1.0, 10.0, 1.0, 5.0, 9.0], rel=1e-6)
 
 
+def test_weight_quantiles_of_a_large_batch_come_from_a_subsample():
+    g = torch.Generator().manual_seed(0)
+    delta = 0.3 * torch.randn(40, 2048, generator=g)  # 81,920 tokens: beyond the 2^16 exact limit
+    mask = torch.rand(40, 2048, generator=g) > 0.2
+    _, met = ctpo.policy_loss(delta, torch.zeros_like(delta), torch.ones(40), mask, method="grpo")
+    w = delta[mask].exp()
+    for q in (10, 50, 90):
+        assert met[f"ratio_q{q}"].item() == pytest.approx(torch.quantile(w, q / 100).item(), rel=0.02)
+    assert met["ratio_max"].item() == pytest.approx(w.max().item()) and met["ratio_min"].item() == pytest.approx(w.min().item())
+
+
 def test_all_masked_batch_is_zero_not_nan():
     d = torch.randn(2, 5, dtype=torch.float64)
     for method in PRESETS:
