@@ -349,7 +349,11 @@ METHODS = {  # every knob can be overridden by keyword in policy_loss
     "sequence": dict(ratio="sequence", clip="ratio", eps_low=0.2, eps_high=0.2, dual_c=3.0),
     "ctpo": dict(ratio="cumulative", clip="adaptive", clip_low=0.025, clip_high=0.05, clip_c=0.05, power=0.5),
     "ctpo-fixed": dict(ratio="cumulative", clip="adaptive", clip_low=0.025, clip_high=0.05, clip_c=0.05, power=0.0),
-    "ctpo-geomean": dict(ratio="cumulative", geomean=True, clip="adaptive", clip_low=0.025, clip_high=0.05, clip_c=0.05, power=-0.5),
+    "ctpo-geomean": dict(ratio="cumulative-geomean", clip="adaptive", clip_low=0.025, clip_high=0.05, clip_c=0.05, power=-0.5),
+}
+CLIP_DEFAULTS = {  # the knobs of each clipping family, for a preset switched to the other family
+    "ratio": dict(eps_low=0.2, eps_high=0.2, dual_c=3.0),
+    "adaptive": dict(clip_low=0.025, clip_high=0.05, clip_c=0.05, power=0.5),
 }
 COMMON = dict(geomean=False, stop_gradient=True, delta_max=20.0, log_w_max=10.0)  # paper: clamp delta to +-20, log rho <= 10
 AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
@@ -361,21 +365,17 @@ def method_config(method, **overrides):
     if method not in METHODS:
         raise ValueError(f"method: unknown {method!r}; expected one of {sorted(METHODS)}")
     cfg = {**COMMON, **METHODS[method]}
-    known = set(COMMON) | {"ratio", "clip", "eps_low", "eps_high", "dual_c", "clip_low", "clip_high", "clip_c", "power"}
+    known = {"ratio", "clip", *COMMON, *CLIP_DEFAULTS["ratio"], *CLIP_DEFAULTS["adaptive"]}
     for k, v in overrides.items():
         if k not in known:
             raise TypeError(f"policy_loss: unknown keyword {k!r}; knobs are {sorted(known)}")
         cfg[k] = v
-    if cfg["ratio"] not in RATIOS or cfg["clip"] not in ("ratio", "adaptive"):
+    if cfg["ratio"] not in RATIOS or cfg["clip"] not in CLIP_DEFAULTS:
         raise ValueError(f"ratio / clip: unknown {cfg['ratio']!r} / {cfg['clip']!r}")
-    if cfg["clip"] == "ratio":
-        cfg = {k: v for k, v in cfg.items() if k not in ("clip_low", "clip_high", "clip_c", "power")}
-        cfg.setdefault("eps_low", 0.2), cfg.setdefault("eps_high", 0.2), cfg.setdefault("dual_c", 3.0)
-    else:
-        cfg = {k: v for k, v in cfg.items() if k not in ("eps_low", "eps_high", "dual_c")}
-        for k, v in METHODS["ctpo"].items():
-            cfg.setdefault(k, v)
-    return cfg
+    if cfg["ratio"] == "cumulative-geomean":  # one spelling downstream: the cumulative ratio with geomean
+        cfg["ratio"], cfg["geomean"] = "cumulative", True
+    other = next(c for c in CLIP_DEFAULTS if c != cfg["clip"])
+    return {**CLIP_DEFAULTS[cfg["clip"]], **{k: v for k, v in cfg.items() if k not in CLIP_DEFAULTS[other]}}
 
 
 def check_inputs(logp, old_logp, advantages, mask):
@@ -563,7 +563,7 @@ _ext_warned = False
 def _ext_usable(backend, cfg, logp):
     global _ext_warned
     why = None
-    if cfg["ratio"] not in ("cumulative", "cumulative-geomean") or cfg["clip"] != "adaptive" or not cfg["stop_gradient"]:
+    if cfg["ratio"] != "cumulative" or cfg["clip"] != "adaptive" or not cfg["stop_gradient"]:
         why = "the fused kernel covers the cumulative ratio with the adaptive clip and stop-gradient only"
     else:
         try:
@@ -595,7 +595,7 @@ def _ext_token_losses(logp, old_logp, adv, mask, cfg):
         cfg["clip_high"],
         cfg["clip_c"],
         cfg["power"],
-        cfg["geomean"] or cfg["ratio"] == "cumulative-geomean",
+        cfg["geomean"],
         cfg["delta_max"],
         cfg["log_w_max"],
     )
