@@ -129,17 +129,6 @@ def test_figure1_and_compare(tmp_path):
     assert "sigma =" in r.stdout
 
 
-def test_figure1_fit():
-    import figure1
-
-    # exact sqrt(t) growth with sigma = 0.3, equal counts: the fit recovers it
-    n, sigma = 1000.0, 0.3
-    tot = {"n": [n] * 10, "sum": [0.0] * 10, "sumsq": [(n - 1) * (sigma * (t + 1) ** 0.5) ** 2 for t in range(10)]}
-    tot.update({k: [0.0] * 10 for k in ("clip_adaptive", "clip_fixed", "clip_method")})
-    st = figure1.position_stats(tot)
-    assert abs(st["sigma"] - sigma) < 1e-9 and st["t"] == list(range(1, 11))
-
-
 # -----------------------------------------------------------------------------
 # resume: N steps straight == N/2 steps, stop, resume N/2 more
 
