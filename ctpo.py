@@ -209,17 +209,22 @@ def token_logprobs(model, prompts, responses, mask, temperature=1.0):
 def group_advantages(rewards, group_size, scale=True, eps=1e-6):
     """GRPO group-relative advantage A_i = (R_i - mean_group) / std_group; scale=False is Dr. GRPO.
 
-    rewards: (B,) with the G = group_size responses to one prompt in consecutive rows. A group whose
-    rewards are all equal carries no learning signal and gets A = 0 (never 0/0 = NaN).
+    rewards: (B,) float, with the G = group_size responses to one prompt in consecutive rows.
+    Returns (B,) in float32, or float64 for float64 rewards. A group whose rewards are all equal
+    carries no learning signal and gets exactly A = 0: its float mean can be off by an ulp, and that
+    residue must never be divided by its own (tiny) std. Raises ValueError for a bad shape or group_size.
     """
+    if not isinstance(group_size, int) or group_size < 1:
+        raise ValueError(f"group_size: expected a positive int, got {group_size!r}")
     if rewards.dim() != 1 or rewards.numel() % group_size != 0:
         raise ValueError(f"rewards: expected (B,) with B a multiple of group_size={group_size}, got {tuple(rewards.shape)}")
-    r = rewards.float().view(-1, group_size)  # (N, G)
+    r = rewards.to(torch.promote_types(rewards.dtype, torch.float32)).view(-1, group_size)  # (N, G)
+    equal = (r == r[:, :1]).all(dim=1, keepdim=True)  # (N, 1) decided exactly, not by a rounded std
     adv = r - r.mean(dim=1, keepdim=True)
     if scale:
         std = r.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(adv)
-        adv = torch.where(std > eps, adv / std.clamp(min=eps), torch.zeros_like(adv))
-    return adv.view(-1)
+        adv = torch.where(std > eps, adv / std.clamp(min=eps), torch.zeros_like(adv))  # std <= eps: no signal either
+    return torch.where(equal, torch.zeros_like(adv), adv).view(-1)
 
 
 # -----------------------------------------------------------------------------
@@ -323,12 +328,12 @@ def clipped_surrogate(log_w, adv, lower, upper, dual):
     """
     high, low, dual_hit = clip_flags(log_w, adv, lower, upper, dual)
     lower, upper, dual = (torch.as_tensor(b, dtype=log_w.dtype, device=log_w.device) for b in (lower, upper, dual))
-    w = torch.exp(log_w)
-    loss = -adv * w
-    loss = torch.where(high, -adv * torch.exp(upper), loss)
-    loss = torch.where(low, -adv * torch.exp(lower), loss)
-    loss = torch.where(dual_hit, -adv * torch.exp(dual), loss)
-    return loss, (high, low, dual_hit)
+    # sel: the log-weight each token's loss uses, log w itself or the bound it is clipped to. Selecting
+    # before the exp keeps exp(log w) out of the branches not taken: with a large log_w_max it overflows,
+    # and the backward of an unused torch.where branch would still compute 0 * inf = NaN.
+    sel = torch.where(high, upper, torch.where(low, lower, torch.where(dual_hit, dual, log_w)))  # (B, T)
+    sel = torch.where(adv == 0, torch.zeros_like(sel), sel)  # A = 0 carries no signal: never 0 * exp(overflow)
+    return -adv * torch.exp(sel), (high, low, dual_hit)
 
 
 # -----------------------------------------------------------------------------
@@ -356,7 +361,7 @@ CLIP_DEFAULTS = {  # the knobs of each clipping family, for a preset switched to
     "adaptive": dict(clip_low=0.025, clip_high=0.05, clip_c=0.05, power=0.5),
 }
 COMMON = dict(geomean=False, stop_gradient=True, delta_max=20.0, log_w_max=10.0)  # paper: clamp delta to +-20, log rho <= 10
-AGGS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum")
+AGGS = ("token-mean", "token-sum", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 BACKENDS = ("python", "ext", "auto")
 
 
@@ -375,7 +380,36 @@ def method_config(method, **overrides):
     if cfg["ratio"] == "cumulative-geomean":  # one spelling downstream: the cumulative ratio with geomean
         cfg["ratio"], cfg["geomean"] = "cumulative", True
     other = next(c for c in CLIP_DEFAULTS if c != cfg["clip"])
-    return {**CLIP_DEFAULTS[cfg["clip"]], **{k: v for k, v in cfg.items() if k not in CLIP_DEFAULTS[other]}}
+    cfg = {**CLIP_DEFAULTS[cfg["clip"]], **{k: v for k, v in cfg.items() if k not in CLIP_DEFAULTS[other]}}
+    _check_knobs(cfg)
+    return cfg
+
+
+def _check_knobs(cfg):
+    # every knob is checked before any work, on every backend: a NaN compares False and would slip through
+    # the kernels' and the clamps' comparisons silently (clamp(x, nan) is nan; delta_max < 0 flips the clamp)
+    def need(ok, name, what):
+        if not ok:
+            raise ValueError(f"{name}: expected {what}, got {cfg[name]!r}")
+
+    for name in ("geomean", "stop_gradient"):
+        if not isinstance(cfg[name], bool):
+            raise TypeError(f"{name}: expected a bool, got {type(cfg[name]).__name__}")
+    num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731
+    for name in ("delta_max", "log_w_max", *CLIP_DEFAULTS[cfg["clip"]]):
+        if not num(cfg[name]):
+            raise TypeError(f"{name}: expected a number, got {type(cfg[name]).__name__}")
+    need(cfg["delta_max"] > 0, "delta_max", "a number > 0 (inf: no clamp)")
+    need(cfg["log_w_max"] >= 0, "log_w_max", "a number >= 0 (the on-policy log w = 0 must be allowed; inf: no cap)")
+    if cfg["clip"] == "ratio":
+        need(0 <= cfg["eps_low"] < 1, "eps_low", "a number in [0, 1)")
+        need(cfg["eps_high"] >= 0, "eps_high", "a number >= 0 (inf: no upper clip)")
+        need(cfg["dual_c"] > 1, "dual_c", "a number > 1 (inf: no dual clip)")
+    else:
+        need(0 <= cfg["clip_low"] < math.inf, "clip_low", "a finite number >= 0")
+        need(0 <= cfg["clip_high"] < math.inf, "clip_high", "a finite number >= 0")
+        need(0 < cfg["clip_c"] < math.inf, "clip_c", "a finite number > 0")
+        need(math.isfinite(cfg["power"]), "power", "a finite number (0.5: the paper's sqrt(t); 0: a fixed window)")
 
 
 def check_inputs(logp, old_logp, advantages, mask):
@@ -399,13 +433,31 @@ def check_inputs(logp, old_logp, advantages, mask):
     for name, x in (("old_logp", old_logp), ("advantages", advantages), ("mask", mask)):
         if x.device != logp.device:
             raise ValueError(f"{name}: expected device {logp.device} like logp, got {x.device}")
+    # old_logp and the advantages are data, never differentiated (the README's contract: only logp gets a gradient)
+    old_logp, advantages = old_logp.detach(), advantages.detach()
     adv = advantages if advantages.dim() == 2 else advantages[:, None].expand_as(logp)
     # one pass for the common case (a NaN or inf in any input makes the sum non-finite), then find which
     if not bool(torch.isfinite(torch.where(mask, logp.detach().float() + old_logp.float() + adv.float(), 0.0)).all()):
         for name, x in (("logp", logp), ("old_logp", old_logp), ("advantages", adv)):
             if not bool(torch.isfinite(torch.where(mask, x.detach(), 0.0)).all()):
                 raise ValueError(f"{name}: NaN or inf at a mask=1 position")
-    return mask, adv
+    return mask, old_logp, adv
+
+
+def check_token_tensor(name, x, logp, mask, nonnegative=False):
+    """Validate an optional per-token input (ref_logp, rollout_is_weights): a (B, T) float tensor like logp,
+    finite (and >= 0 if asked) at every mask=1 position. Returns it detached: it never gets a gradient."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.shape != logp.shape or not x.is_floating_point():
+        raise ValueError(f"{name}: expected a float tensor of shape {tuple(logp.shape)} like logp, got {tuple(x.shape)} {x.dtype}")
+    if x.device != logp.device:
+        raise ValueError(f"{name}: expected device {logp.device} like logp, got {x.device}")
+    x = x.detach()
+    ok = torch.isfinite(x) & (x >= 0) if nonnegative else torch.isfinite(x)
+    if not bool((ok | ~mask).all()):
+        raise ValueError(f"{name}: expected finite{' non-negative' if nonnegative else ''} values at every mask=1 position")
+    return x
 
 
 def importance_log_weights(logp, old_logp, mask, cfg):
@@ -438,6 +490,9 @@ def token_losses(logp, old_logp, adv, mask, cfg):
     (adaptive_clip_bounds);  L_t = max(-A rho, -A clip(rho)), min(., -A e^(clip_c t^p)) for A < 0
     (clipped_surrogate);  0 off the mask. Returns (loss (B, T), log_w, t, flags).
     """
+    # padding may hold anything (-inf log-probs, NaN advantages): zero it so that no NaN reaches a
+    # value or, through an unused branch, a gradient
+    logp, old_logp, adv = (torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device)) for x in (logp, old_logp, adv))
     t = response_position(mask)  # (B, T)
     log_w = importance_log_weights(logp, old_logp, mask, cfg)  # (B, T)
     lower, upper, dual = clip_bounds(t, cfg, log_w.dtype)
@@ -446,23 +501,33 @@ def token_losses(logp, old_logp, adv, mask, cfg):
     return torch.where(mask, loss, zero), log_w, t, tuple(f & mask for f in flags)
 
 
-def aggregate(loss, mask, agg="token-mean", num_tokens=None, num_seqs=None):
-    """Reduce per-token losses (B, T) to a scalar over mask tokens.
+def aggregate(loss, mask, agg="token-mean", num_tokens=None, num_seqs=None, loss_scale_factor=None):
+    """Reduce per-token losses (B, T) to a scalar over mask tokens (verl's loss_agg_mode names).
 
-    token-mean:          sum_{i,t} L / num_tokens      (default: this batch's mask count)
-    seq-mean-token-mean: sum_i (sum_t L / n_i) / num_seqs (default: rows with at least one token)
-    seq-mean-token-sum:  sum_{i,t} L / num_seqs
+    token-mean:              sum_{i,t} L / num_tokens        (default: this batch's mask count)
+    token-sum:               sum_{i,t} L
+    seq-mean-token-mean:     sum_i (sum_t L / n_i) / num_seqs (default: rows with at least one token)
+    seq-mean-token-sum:      sum_{i,t} L / num_seqs
+    seq-mean-token-sum-norm: sum_{i,t} L / num_seqs / loss_scale_factor  (Dr. GRPO; default: T, the
+                             padded response length; pass the max response length to keep it constant)
     With gradient accumulation or several ranks, pass the global num_tokens / num_seqs: then summing
     the micro-batch losses gives exactly the full-batch loss and gradient.
     """
     if agg not in AGGS:
         raise ValueError(f"agg: unknown {agg!r}; expected one of {list(AGGS)}")
+    for name, x in (("num_tokens", num_tokens), ("num_seqs", num_seqs), ("loss_scale_factor", loss_scale_factor)):
+        if x is not None and not isinstance(x, torch.Tensor) and not (isinstance(x, (int, float)) and 0 <= x < math.inf):
+            raise ValueError(f"{name}: expected a finite count >= 0 (or None), got {x!r}")
     n_i = mask.sum(dim=-1)  # (B,)
     if agg == "token-mean":
         return loss.sum() / _at_least_one(n_i.sum() if num_tokens is None else num_tokens, loss)
+    if agg == "token-sum":
+        return loss.sum()
     denom = _at_least_one((n_i > 0).sum() if num_seqs is None else num_seqs, loss)
     if agg == "seq-mean-token-sum":
         return loss.sum() / denom
+    if agg == "seq-mean-token-sum-norm":
+        return loss.sum() / denom / _at_least_one(mask.shape[-1] if loss_scale_factor is None else loss_scale_factor, loss)
     return (loss.sum(dim=-1) / n_i.clamp(min=1)).sum() / denom
 
 
@@ -482,6 +547,8 @@ def loss_metrics(log_w, t, mask, flags):
     m["clip_frac"] = (high | low | dual).sum() / nf
     w = torch.exp(log_w.float())  # (B, T) the importance weights actually used
     one, inf = torch.ones((), device=w.device), torch.tensor(float("inf"), device=w.device)
+    if w.numel() == 0:  # B = 0 or T = 0: amin / amax of nothing is an error; describe one masked-out token
+        w, mask = one.view(1, 1), torch.zeros(1, 1, dtype=torch.bool, device=w.device)
     empty = n == 0  # nothing to describe: report the on-policy value 1, never NaN or inf
     m["ratio_mean"] = torch.where(empty, one, torch.where(mask, w, 0.0).sum() / nf)
     m["ratio_min"] = torch.where(empty, one, torch.where(mask, w, inf).amin())
@@ -511,6 +578,8 @@ def policy_loss(
     num_seqs=None,
     ref_logp=None,
     beta=0.0,
+    rollout_is_weights=None,
+    loss_scale_factor=None,
     **knobs,
 ):
     """The CTPO loss (and its PPO/GRPO/GSPO/sequence relatives): one entry point. Returns (loss, metrics).
@@ -522,27 +591,43 @@ def policy_loss(
     method:     grpo | gspo | sequence | ctpo | ctpo-fixed | ctpo-geomean; knobs override the preset:
                 clip_low, clip_high, clip_c, power, eps_low, eps_high, dual_c, geomean, stop_gradient,
                 delta_max, log_w_max, ratio, clip
-    agg, num_tokens, num_seqs: see `aggregate`
+    agg, num_tokens, num_seqs, loss_scale_factor: see `aggregate` (verl's loss_agg_mode names)
     backend:    python (this file) | ext (the fused C++/CUDA op) | auto (ext if it builds, else python)
     ref_logp, beta: optional k3 KL penalty to a frozen reference policy (paper: beta = 0)
+    rollout_is_weights: optional (B, T) >= 0 weights multiplying each token's loss (verl's name: truncated
+                importance weights between the inference engine's and the trainer's log-probs)
+    Only logp receives a gradient. Returns the scalar loss (float32, float64 for float64 logp) and a
+    dict of metrics (`loss_metrics`). Raises ValueError / TypeError naming a bad input or knob.
     """
-    mask, adv = check_inputs(logp, old_logp, advantages, mask)
+    mask, old_logp, adv = check_inputs(logp, old_logp, advantages, mask)
     if backend not in BACKENDS:
         raise ValueError(f"backend: unknown {backend!r}; expected one of {list(BACKENDS)}")
+    if agg not in AGGS:
+        raise ValueError(f"agg: unknown {agg!r}; expected one of {list(AGGS)}")
+    if not (isinstance(beta, (int, float)) and 0 <= beta < math.inf):
+        raise ValueError(f"beta: expected a finite number >= 0, got {beta!r}")
+    if beta != 0:
+        if ref_logp is None:
+            raise ValueError("ref_logp: required when beta != 0")
+        ref_logp = check_token_tensor("ref_logp", ref_logp, logp, mask)
+    if rollout_is_weights is not None:
+        rollout_is_weights = check_token_tensor("rollout_is_weights", rollout_is_weights, logp, mask, nonnegative=True)
     cfg = method_config(method, **knobs)
     use_ext = backend != "python" and _ext_usable(backend, cfg, logp)
     if use_ext:
         loss_tok, log_w, t, flags = _ext_token_losses(logp, old_logp, adv, mask, cfg)
     else:
         loss_tok, log_w, t, flags = token_losses(logp, old_logp, adv, mask, cfg)
-    loss = aggregate(loss_tok, mask, agg, num_tokens, num_seqs)
+    if rollout_is_weights is not None:  # where, not a product: padding weights may be anything
+        loss_tok = torch.where(mask, loss_tok * rollout_is_weights.to(loss_tok.dtype), 0.0)
+    loss = aggregate(loss_tok, mask, agg, num_tokens, num_seqs, loss_scale_factor)
     metrics = loss_metrics(log_w, t, mask, flags)
-    if beta != 0.0:
-        if ref_logp is None or ref_logp.shape != logp.shape:
-            raise ValueError(f"ref_logp: expected shape {tuple(logp.shape)} when beta != 0")
-        kl = torch.where(mask, kl_k3(logp.float(), ref_logp.float()), 0.0)
-        metrics["kl"] = aggregate(kl.detach(), mask, agg, num_tokens, num_seqs)
-        loss = loss + beta * aggregate(kl, mask, agg, num_tokens, num_seqs)
+    if beta != 0:
+        # both zeroed on padding (which may hold -inf), so the backward never meets exp() of garbage there
+        lp, ref = (torch.where(mask, x.float(), 0.0) for x in (logp, ref_logp))
+        kl = torch.where(mask, kl_k3(lp, ref), 0.0)
+        metrics["kl"] = aggregate(kl.detach(), mask, agg, num_tokens, num_seqs, loss_scale_factor)
+        loss = loss + beta * aggregate(kl, mask, agg, num_tokens, num_seqs, loss_scale_factor)
     metrics["backend"] = "ext" if use_ext else "python"
     return loss, metrics
 
