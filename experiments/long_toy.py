@@ -38,6 +38,9 @@ CFG = dict(
     threads=1,
     # task
     task="sort",  # sort (train_tiny's) | walk (follow a permutation) | pairs (free digit, its image under sigma, ...)
+    #               | ipairs (pairs, with the table written as adjacent key-value pairs, values as their own tokens)
+    #               | fpairs (ipairs with each key-value pair one prompt token) | gpairs (one global table)
+    gpairs_shift=True,  # gpairs: the prompt's shift digit s is used (value F((r + s) mod 10)); False: s = 0
     walk_len=130,  # walk / pairs: answer digits (the response is one token longer: the end token); pairs: even
     min_digits=120,
     max_digits=136,
@@ -54,6 +57,8 @@ CFG = dict(
     sft_steps=600,
     sft_batch=64,
     sft_lr=2e-3,
+    sft_short_steps=0,  # curriculum: the first this many warm-start steps use answers of sft_short_len tokens
+    sft_short_len=10,
     label_noise=0.0,  # probability that a supervised answer digit is replaced by a uniform random digit
     smooth=0.0,  # label smoothing over the 10 digits at digit targets: (1 - smooth) one-hot + smooth * uniform(digits)
     # RL
@@ -92,6 +97,9 @@ SFT_KEYS = (
     "sft_lr",
     "label_noise",
     "smooth",
+    "sft_short_steps",
+    "sft_short_len",
+    "gpairs_shift",
     "eval_seed",
 )
 
@@ -205,6 +213,94 @@ def pairs_score(responses, mask, prompts, L, partial_credit):
 
 
 # -----------------------------------------------------------------------------
+# the ipairs task: pairs, but the table is written so that an induction head can read it (by content, no
+# position arithmetic): the prompt is the 10 keys in a random order, each followed by its value, and the
+# values are their own tokens (letters a-j), so a key and a value are never confused:
+#     3c 0h 7a 1j ... 5e =   ->   7a 3c 7a 0h 1j ... $      (r free, then sigma(r); L / 2 pairs, then '$')
+# Answer token 2k + 1 needs the prompt position whose previous token is r (the answer token just before it):
+# a previous-token head plus an induction head, the circuit 2-layer transformers are known to form.
+
+LETTER0 = 13  # the value tokens a-j are 13..22 (after train_tiny's 13 tokens)
+IP_VOCAB = tt.VOCAB + "abcdefghij"
+
+
+def ipairs_batch(n, gen, L):
+    keys = torch.rand(n, 10, generator=gen).argsort(dim=1)  # (n, 10) the order of the keys in the prompt
+    sigma = torch.rand(n, 10, generator=gen).argsort(dim=1)  # (n, 10) sigma[x]: the value of key x (0..9 -> a..j)
+    vals = sigma.gather(1, keys) + LETTER0  # (n, 10)
+    prompts = torch.cat([torch.stack([keys, vals], dim=2).view(n, 20), torch.full((n, 1), tt.EQ)], dim=1)  # (n, 21)
+    r = torch.randint(0, 10, (n, L // 2), generator=gen)  # (n, L/2) the free digits
+    ans = torch.stack([r, sigma.gather(1, r) + LETTER0], dim=2).view(n, L)
+    return prompts, torch.cat([ans, torch.full((n, 1), tt.EOS)], dim=1)  # (n, L + 1)
+
+
+def ipairs_score(responses, mask, prompts, L, partial_credit):
+    """As pairs_score, with the table read from the prompt's key-value pairs."""
+    B, T = responses.shape
+    W = max(T, L + 1)
+    resp = torch.full((B, W), -1, dtype=torch.long)
+    resp[:, :T] = torch.where(mask, responses, -1)
+    tab = torch.zeros(B, 10, dtype=torch.long).scatter_(1, prompts[:, 0:20:2], prompts[:, 1:20:2])  # (B, 10) key -> value token
+    free, img = resp[:, 0:L:2], resp[:, 1:L:2]  # (B, L/2)
+    ok = (free >= 0) & (free < 10) & (img == tab.gather(1, free.clamp(0, 9)))
+    right = ok.sum(dim=1) + (resp[:, L] == tt.EOS).long()
+    resp_len = mask.sum(dim=1)
+    exact = (right == L // 2 + 1) & (resp_len == L + 1)
+    reward = (1 - partial_credit) * exact.float() + partial_credit * right.float() / (L // 2 + 1)
+    return reward, exact, resp_len
+
+
+# the fpairs task: ipairs with each key-value pair of the table fused into ONE prompt token (100 pair tokens
+# k:v), so the lookup needs no previous-token head: the answer position holding r attends to the prompt token
+# whose key is r (one content match) and copies its value (one OV map): a one-layer associative recall.
+#     [3:c][0:h][7:a] ... [5:e] =   ->   7a 3c 7a 0h ... $
+
+PAIR0 = 23  # pair token k:v is PAIR0 + 10 k + v (v = 0..9 for a..j)
+FP_VOCAB_SIZE = PAIR0 + 100
+
+
+def fpairs_batch(n, gen, L):
+    keys = torch.rand(n, 10, generator=gen).argsort(dim=1)  # (n, 10)
+    sigma = torch.rand(n, 10, generator=gen).argsort(dim=1)  # (n, 10)
+    prompts = torch.cat([PAIR0 + 10 * keys + sigma.gather(1, keys), torch.full((n, 1), tt.EQ)], dim=1)  # (n, 11)
+    r = torch.randint(0, 10, (n, L // 2), generator=gen)
+    ans = torch.stack([r, sigma.gather(1, r) + LETTER0], dim=2).view(n, L)
+    return prompts, torch.cat([ans, torch.full((n, 1), tt.EOS)], dim=1)  # (n, L + 1)
+
+
+def fpairs_score(responses, mask, prompts, L, partial_credit):
+    """As ipairs_score, with the table read from the fused pair tokens."""
+    kv = prompts[:, :10] - PAIR0  # (B, 10)
+    unfused = torch.stack([kv // 10, kv % 10 + LETTER0], dim=2).view(-1, 20)  # (B, 20) as ipairs' prompt
+    return ipairs_score(responses, mask, unfused, L, partial_credit)
+
+
+# the gpairs task: pairs with ONE global table F (a fixed permutation, the same for every prompt, learned in
+# the weights): answer token 2k + 1 is F(answer token 2k), a bigram: no lookup in the prompt, no alignment.
+# The prompt is a shift digit s and '=' (gpairs_shift=True; else s = 0): the value is F((r + s) mod 10), so the
+# answer position holding r must read s at the fixed prompt position 0. (The per-prompt tables of pairs, ipairs
+# and fpairs were never learned by the 2x64 model in the warm-start budget; see NOTES.md.)
+#     7=   ->   3c 9a 3c 0h ... $
+
+GP_TABLE = torch.tensor([3, 7, 0, 9, 5, 1, 8, 2, 6, 4])  # F: a fixed permutation of 0..9, values a..j
+
+
+def gpairs_batch(n, gen, L, shift=True):
+    s = torch.randint(0, 10, (n, 1), generator=gen) if shift else torch.zeros(n, 1, dtype=torch.long)
+    prompts = torch.cat([s, torch.full((n, 1), tt.EQ)], dim=1)  # (n, 2)
+    r = torch.randint(0, 10, (n, L // 2), generator=gen)
+    ans = torch.stack([r, GP_TABLE[(r + s) % 10] + LETTER0], dim=2).view(n, L)
+    return prompts, torch.cat([ans, torch.full((n, 1), tt.EOS)], dim=1)  # (n, L + 1)
+
+
+def gpairs_score(responses, mask, prompts, L, partial_credit):
+    """As ipairs_score, with the table F((k + s) mod 10) for key k, s = prompts[:, 0]."""
+    k = torch.arange(10)[None, :]
+    unfused = torch.stack([k.expand(prompts.size(0), 10), GP_TABLE[(k + prompts[:, :1]) % 10] + LETTER0], dim=2).view(-1, 20)
+    return ipairs_score(responses, mask, unfused, L, partial_credit)
+
+
+# -----------------------------------------------------------------------------
 # reward
 
 
@@ -219,6 +315,12 @@ def count_credit(responses, mask, prompts):
 
 
 def reward_fn(responses, mask, targets, prompts, C):
+    if C.task == "gpairs":
+        return gpairs_score(responses, mask, prompts, C.walk_len, C.partial_credit)
+    if C.task == "fpairs":
+        return fpairs_score(responses, mask, prompts, C.walk_len, C.partial_credit)
+    if C.task == "ipairs":
+        return ipairs_score(responses, mask, prompts, C.walk_len, C.partial_credit)
     if C.task == "pairs":
         return pairs_score(responses, mask, prompts, C.walk_len, C.partial_credit)
     if C.task == "walk":
@@ -322,7 +424,10 @@ def evaluate(model, prompts, targets, C, max_new):
 
 
 def warm_start(model, problems, C, P):
-    key = hashlib.sha1(json.dumps({k: C[k] for k in SFT_KEYS}, sort_keys=True).encode()).hexdigest()[:12]
+    unused = {"sft_short_steps", "sft_short_len"} if C["sft_short_steps"] == 0 else set()
+    unused |= {"gpairs_shift"} if C["task"] != "gpairs" else set()
+    keys = [k for k in SFT_KEYS if k not in unused]  # keys a run does not use stay out: earlier caches stay valid
+    key = hashlib.sha1(json.dumps({k: C[k] for k in keys}, sort_keys=True).encode()).hexdigest()[:12]
     path = os.path.join(C["cache_dir"], f"ws_{key}.pt")
     if os.path.exists(path):
         ck = torch.load(path, weights_only=False)
@@ -337,11 +442,14 @@ def warm_start(model, problems, C, P):
     for it in range(C["sft_steps"]):
         for group in sft.param_groups:
             group["lr"] = C["sft_lr"] * (0.1 + 0.45 * (1 + math.cos(math.pi * it / max(1, C["sft_steps"]))))
+        if hasattr(problems, "L"):  # the curriculum: short answers first (the lookup is learned in a short context)
+            problems.L = C["sft_short_len"] if it < C["sft_short_steps"] else C["walk_len"]
         prompts, targets = problems(C["sft_batch"])
         inp = targets
         if C["label_noise"] > 0:  # the teacher's answer: digits replaced at random (never the end token / padding)
-            flip = (torch.rand(targets.shape, generator=noise_gen) < C["label_noise"]) & (targets < 10)
-            inp = torch.where(flip, torch.randint(0, 10, targets.shape, generator=noise_gen), targets)
+            lo = LETTER0 if C["task"] in ("ipairs", "fpairs", "gpairs") else 0  # pairs: only the values (letters) are noised
+            flip = (torch.rand(targets.shape, generator=noise_gen) < C["label_noise"]) & (targets >= lo) & (targets < lo + 10)
+            inp = torch.where(flip, torch.randint(lo, lo + 10, targets.shape, generator=noise_gen), targets)
         idx = torch.cat([prompts, inp], dim=1)
         logits = model(idx[:, :-1])[:, P - 1 :]
         tmask = torch.arange(targets.size(1))[None, :] <= (targets != tt.PAD).sum(dim=1, keepdim=True)
@@ -385,17 +493,21 @@ def main():
     for k, v in C.items():
         setattr(S, k, v)
     egen, dgen = torch.Generator().manual_seed(C["eval_seed"]), torch.Generator().manual_seed(C["seed"])
-    if C["task"] in ("walk", "pairs"):
-        make = walk_batch if C["task"] == "walk" else pairs_batch
+    if C["task"] in ("walk", "pairs", "ipairs", "fpairs", "gpairs"):
+        make = {"walk": walk_batch, "pairs": pairs_batch, "ipairs": ipairs_batch, "fpairs": fpairs_batch}.get(C["task"])
+        make = make or (lambda n, gen, L: gpairs_batch(n, gen, L, C["gpairs_shift"]))
         eval_p, eval_t = make(C["eval_size"], egen, C["walk_len"])
-        problems = WalkProblems(dgen, C["walk_len"], {tuple(r) for r in eval_p.tolist()}, make)
+        # gpairs has at most 10 distinct prompts: nothing can be held out (its evaluation draws fresh samples)
+        heldout = set() if C["task"] == "gpairs" else {tuple(r) for r in eval_p.tolist()}
+        problems = WalkProblems(dgen, C["walk_len"], heldout, make)
         P, max_new = eval_p.size(1), C["walk_len"] + 4
     else:
         eval_p, eval_t = tt.make_batch(C["eval_size"], egen, S)
         problems = tt.Problems(dgen, S, {tuple(r) for r in eval_p.tolist()})
         P, max_new = C["max_digits"] + 1, C["max_digits"] + 4
     sgen = torch.Generator().manual_seed(C["seed"] + 1)
-    gconf = ctpo.GPTConfig(vocab_size=len(tt.VOCAB), block_size=P + max_new, n_layer=C["n_layer"], n_head=C["n_head"], n_embd=C["n_embd"])
+    V = {"ipairs": len(IP_VOCAB), "gpairs": len(IP_VOCAB), "fpairs": FP_VOCAB_SIZE}.get(C["task"], len(tt.VOCAB))
+    gconf = ctpo.GPTConfig(vocab_size=V, block_size=P + max_new, n_layer=C["n_layer"], n_head=C["n_head"], n_embd=C["n_embd"])
     model = ctpo.GPT(gconf)
     t_all = time.time()
     sft_secs, sft_sps, cached = warm_start(model, problems, C, P)
