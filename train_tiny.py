@@ -59,10 +59,12 @@ ckpt_interval = 50  # write ckpt.pt every this many RL steps (and at the end); 0
 n_mistakes = 3  # how many held-out mistakes to print at the first and last evaluation
 seed = 1337  # model init, training data, sampling
 device = "auto"  # auto | cpu | cuda (auto: cuda if available)
-# task: sort a string of digits
-min_digits = 16  # shortest digit string (the response is one token longer: the end token)
-max_digits = 20  # longest digit string
-partial_credit = 0.5  # reward = (1 - partial_credit) * exact_match + partial_credit * fraction of positions right
+# task
+task = "sort"  # sort (sort a string of digits) | pairs (the long-response toy of config/long.py: free digit r, then F(r))
+min_digits = 16  # sort: shortest digit string (the response is one token longer: the end token)
+max_digits = 20  # sort: longest digit string
+n_pairs = 68  # pairs: pairs per answer (the response is 2 n_pairs + 1 tokens: the end token)
+partial_credit = 0.5  # reward = (1 - partial_credit) * exact_match + partial_credit * fraction of positions (pairs) right
 eval_size = 512  # held-out prompts (greedy exact match)
 eval_seed = 2605  # the held-out split is fixed by this seed, whatever the run's seed; training never sees it
 # model (ctpo.GPT)
@@ -73,6 +75,8 @@ n_embd = 64  # embedding width
 sft_steps = 150  # deliberately short: the policy should come out imperfect
 sft_batch = 64  # sequences per step
 sft_lr = 2e-3  # AdamW, cosine decay to sft_lr / 10
+teacher_noise = 0.0  # the warm start's teacher replaces each supervised answer digit (pairs: value) by a random one with
+#                     this probability: an imperfect policy that RL can sharpen (the end token is never replaced)
 # phase 2: RL
 method = "ctpo"  # grpo | gspo | sequence | ctpo | ctpo-fixed | ctpo-geomean (ctpo.policy_loss)
 backend = "python"  # python | ext | auto (ext if the fused kernel builds, else python with a warning)
@@ -101,6 +105,7 @@ DEFAULTS = {k: globals()[k] for k in CONFIG_KEYS}
 RESUME_MAY_CHANGE = {"out_dir", "overwrite", "resume", "eval_interval", "ckpt_interval", "n_mistakes", "rl_steps", "backend", "device"}
 OUTPUTS = ("metrics.jsonl", "summary.json", "train.png", "ckpt.pt", "ckpt.pt.tmp")  # all this script ever writes in out_dir
 OPTIMIZERS = ("adam", "sgd")
+TASKS = ("sort", "pairs")
 USAGE = "usage: python train_tiny.py [config/NAME.py] [--key=value ...]"
 
 
@@ -232,6 +237,9 @@ def check_config(c, world_size=1):
         raise ConfigError(f"--loss_kwargs: {e}") from None
     need(c["agg"] in ctpo.AGGS, f"--agg: expected one of {list(ctpo.AGGS)}, got {c['agg']!r}")
     need(c["device"] in ("auto", "cpu", "cuda"), f"--device: expected auto, cpu or cuda, got {c['device']!r}")
+    need(c["task"] in TASKS, f"--task: expected one of {list(TASKS)}, got {c['task']!r}")
+    need(c["n_pairs"] >= 1, f"--n_pairs: need >= 1, got {c['n_pairs']}")
+    need(0.0 <= c["teacher_noise"] < 1.0, f"--teacher_noise: need a probability in [0, 1), got {c['teacher_noise']}")
     need(c["optimizer"] in OPTIMIZERS, f"--optimizer: expected one of {list(OPTIMIZERS)}, got {c['optimizer']!r}")
     need(c["out_dir"] != "", "--out_dir: must not be empty")
     need(
@@ -265,7 +273,8 @@ def check_config(c, world_size=1):
 
 DIGITS = "0123456789"
 EQ, EOS, BLANK = 10, 11, 12  # '=' ends the prompt, '$' ends the answer, '.' left-pads the prompt
-VOCAB = DIGITS + "=$."
+LETTER0 = 13  # pairs: the values a..j are tokens 13..22 (their own tokens: a value is never mistaken for a key)
+VOCAB = DIGITS + "=$." + "abcdefghij"  # sort uses the first 13 tokens only
 PAD = EOS  # response padding after the end token (never scored: the mask is 0 there)
 
 
@@ -273,7 +282,21 @@ def decode(tokens):
     return "".join(VOCAB[i] for i in tokens)
 
 
+def vocab_size(C):
+    return len(VOCAB) if C.task == "pairs" else LETTER0  # sort's model (and so its default run) is unchanged
+
+
+def lengths(C):
+    """(prompt length P, max_new): the longest response is max_new - 3 tokens (3 spare for a late end token)."""
+    return (1, 2 * C.n_pairs + 4) if C.task == "pairs" else (C.max_digits + 1, C.max_digits + 4)
+
+
 def make_batch(n, gen, C):
+    """n random problems of C.task: prompts (n, P) and targets (n, max_new - 3), both long (see make_pairs)."""
+    return make_pairs(n, gen, C) if C.task == "pairs" else make_sort(n, gen, C)
+
+
+def make_sort(n, gen, C):
     """n random problems. Returns prompts (n, max_digits + 1) and targets (n, max_digits + 1), both long.
 
     prompt: '.' * (max_digits - k) + k digits + '='; target: the k digits sorted + '$', then PAD.
@@ -291,11 +314,64 @@ def make_batch(n, gen, C):
     return prompts, targets
 
 
+# the pairs task (issue 11: a long response whose uncertainty is spread evenly along it). The answer is n_pairs
+# pairs "r F(r)": r is ANY digit (free: the reward never looks at it; the teacher draws it uniformly), F a fixed
+# table (a permutation of the digits, values written a..j), then '$'. The prompt is '=' alone: every problem
+# is the same, and what varies is the policy's own choices (the held-out evaluation draws fresh samples).
+#     =  ->  3j 9e 0d 3j 7c ... $         (F(3) = j, F(9) = e, F(0) = d, F(7) = c)
+# Every value is a lookup of the token just before it (a bigram, learned in ~100 warm-start steps), so the
+# difficulty is the same at every position and nothing needs aligning over a long distance. With teacher_noise
+# the warm start learns the teacher's noisy values, and RL has something to learn: sharpen them.
+PAIRS_TABLE = torch.tensor([9, 2, 5, 4, 7, 0, 8, 1, 3, 6])  # F(r) = a..j[PAIRS_TABLE[r]]
+
+
+def make_pairs(n, gen, C):
+    """prompts (n, 1) all '='; targets (n, 2 n_pairs + 1): r_1 F(r_1) ... r_K F(r_K) '$', r uniform digits."""
+    r = torch.randint(0, 10, (n, C.n_pairs), generator=gen)  # (n, K) the free digits
+    ans = torch.stack([r, PAIRS_TABLE[r] + LETTER0], dim=2).view(n, 2 * C.n_pairs)  # (n, 2K)
+    return torch.full((n, 1), EQ), torch.cat([ans, torch.full((n, 1), EOS)], dim=1)
+
+
+def score_pairs(responses, mask, n_pairs, partial_credit):
+    """Pair k is right when response token 2k + 1 is F(response token 2k) (a digit); token 2 n_pairs must be '$'.
+    partial credit = (pairs right + end token right) / (n_pairs + 1); exact = all of them and nothing after."""
+    B, T = responses.shape
+    L = 2 * n_pairs
+    resp = torch.full((B, max(T, L + 1)), -1, dtype=torch.long, device=responses.device)
+    resp[:, :T] = torch.where(mask, responses, -1)
+    free, value = resp[:, 0:L:2], resp[:, 1:L:2]  # (B, K)
+    table = PAIRS_TABLE.to(responses.device)
+    ok = (free >= 0) & (free < 10) & (value == table[free.clamp(0, 9)] + LETTER0)
+    right = ok.sum(dim=1) + (resp[:, L] == EOS).long()
+    resp_len = mask.sum(dim=1)
+    exact = (right == n_pairs + 1) & (resp_len == L + 1)
+    reward = (1 - partial_credit) * exact.float() + partial_credit * right.float() / (n_pairs + 1)
+    return reward, exact, resp_len
+
+
+def task_score(responses, mask, targets, C, partial_credit=None):
+    """(reward, exact, response length) of C.task's responses; partial_credit defaults to C's."""
+    pc = C.partial_credit if partial_credit is None else partial_credit
+    return score_pairs(responses, mask, C.n_pairs, pc) if C.task == "pairs" else score(responses, mask, targets, pc)
+
+
+def teacher(targets, C, gen):
+    """The warm start's supervised answer: targets with each digit (pairs: each value) replaced by a uniform
+    random one with probability C.teacher_noise; the end token and padding never. No draw when it is 0."""
+    if C.teacher_noise == 0:
+        return targets
+    lo = LETTER0 if C.task == "pairs" else 0
+    noisy = (targets >= lo) & (targets < lo + 10) & (torch.rand(targets.shape, generator=gen) < C.teacher_noise)
+    return torch.where(noisy, torch.randint(lo, lo + 10, targets.shape, generator=gen), targets)
+
+
 class Problems:
     """Training problems from a generator, never equal to a held-out prompt."""
 
     def __init__(self, gen, C, heldout):
         self.gen, self.C, self.heldout = gen, C, heldout
+        if C.task == "pairs":  # one prompt ('='): nothing can be held out, the evaluation draws fresh samples
+            self.heldout = set()
 
     def __call__(self, n):
         prompts, targets = make_batch(n, self.gen, self.C)
@@ -329,6 +405,10 @@ def score(responses, mask, targets, partial_credit):
     return reward, exact, resp_len
 
 
+def task_name(C):
+    return f"pairs x {C.n_pairs}" if C.task == "pairs" else f"sort {C.min_digits}-{C.max_digits} digits"
+
+
 # -----------------------------------------------------------------------------
 # distributed helpers (no-ops in a single process)
 
@@ -353,15 +433,15 @@ def evaluate(model, prompts, targets, C, rank, world, device, show=0):
     """prompts/targets: the whole held-out set; each rank scores its shard. Returns (accuracy, reward)."""
     model.eval()
     p, t = prompts[rank::world].to(device), targets[rank::world].to(device)
-    max_new = C.max_digits + 4
+    max_new = lengths(C)[1]
     g = torch.Generator(device=device).manual_seed(0)  # greedy: top_k=1 draws nothing random
     roll = ctpo.sample(model, p, max_new, EOS, PAD, temperature=1.0, top_k=1, generator=g)
-    _, exact, _ = score(roll.responses, roll.mask, t, 0.0)
+    _, exact, _ = task_score(roll.responses, roll.mask, t, C, 0.0)
     # the sampled reward (training temperature) on the first 128 held-out prompts, 4 samples each, fixed seed
     q = p[: max(1, 128 // world)].repeat_interleave(4, dim=0)
     g.manual_seed(1 + rank)
     sroll = ctpo.sample(model, q, max_new, EOS, PAD, temperature=C.temperature, generator=g)
-    reward, _, _ = score(sroll.responses, sroll.mask, t[: q.size(0) // 4].repeat_interleave(4, dim=0), C.partial_credit)
+    reward, _, _ = task_score(sroll.responses, sroll.mask, t[: q.size(0) // 4].repeat_interleave(4, dim=0), C)
     sums = all_sum(
         torch.tensor([exact.sum().item(), exact.numel(), reward.sum().item(), reward.numel()], dtype=torch.float64, device=device)
     )
@@ -370,6 +450,8 @@ def evaluate(model, prompts, targets, C, rank, world, device, show=0):
         for i in wrong:
             got = decode(roll.responses[i][roll.mask[i]].tolist())
             want = decode(t[i][: (t[i] != PAD).sum() + 1].tolist())
+            if C.task == "pairs":  # the answer is too long for a line, and any free digits are right
+                got, want = f"{got[:20]}... (length {len(got)})", f"r F(r) x {C.n_pairs}, then $"
             print(f"  mistake: {decode(p[i].tolist()).lstrip('.')}  got {got:<22} want {want}")
     return (sums[0] / sums[1]).item(), (sums[2] / sums[3]).item()
 
@@ -509,8 +591,8 @@ def run(C, rank, world, device, ddp, t_start, config_files=()):
     heldout = {tuple(r) for r in eval_prompts.tolist()}
     rank_seed = C.seed if C.ddp_union_batch else C.seed + 1000 * rank  # ranks draw different data unless testing
     gens = {"data": torch.Generator().manual_seed(rank_seed), "sample": torch.Generator(device=device).manual_seed(rank_seed + 1)}
-    P, max_new = C.max_digits + 1, C.max_digits + 4
-    gconf = ctpo.GPTConfig(vocab_size=len(VOCAB), block_size=P + max_new, n_layer=C.n_layer, n_head=C.n_head, n_embd=C.n_embd)
+    P, max_new = lengths(C)
+    gconf = ctpo.GPTConfig(vocab_size=vocab_size(C), block_size=P + max_new, n_layer=C.n_layer, n_head=C.n_head, n_embd=C.n_embd)
     raw_model = ctpo.GPT(gconf).to(device)
     model = DDP(raw_model, device_ids=[device.index] if device.type == "cuda" else None) if ddp else raw_model
     if C.optimizer == "adam":
@@ -520,7 +602,7 @@ def run(C, rank, world, device, ddp, t_start, config_files=()):
     n_params = sum(p.numel() for p in raw_model.parameters())
     log0(
         rank,
-        f"ctpo toy | sort {C.min_digits}-{C.max_digits} digits | {n_params / 1e3:.0f}k params | {device} x {world} | method {C.method}",
+        f"ctpo toy | {task_name(C)} | {n_params / 1e3:.0f}k params | {device} x {world} | method {C.method}",
     )
     # everything the phases below share, in one place
     R = SimpleNamespace(C=C, rank=rank, world=world, device=device, ddp=ddp, model=model, raw_model=raw_model, optimizer=optimizer,
@@ -548,7 +630,7 @@ def run(C, rank, world, device, ddp, t_start, config_files=()):
         for group in optimizer.param_groups:
             group["lr"] = C.lr * min(1.0, step / max(1, C.lr_warmup))
         prompts, targets, roll = rollout(R)
-        rewards, exact, resp_len = score(roll.responses, roll.mask, targets, C.partial_credit)
+        rewards, exact, resp_len = task_score(roll.responses, roll.mask, targets, C)
         adv = ctpo.group_advantages(rewards, C.group_size, scale=C.adv_scale)
         sums = update(R, prompts, roll, adv)
         row = metrics_row(R, step, sums, (rewards, exact, resp_len), t0, t_origin)
@@ -623,6 +705,7 @@ def warm_start(R, t_start):
             group["lr"] = C.sft_lr * (0.1 + 0.45 * (1 + math.cos(math.pi * it / max(1, C.sft_steps))))
         prompts, targets = R.problems(C.sft_batch if C.ddp_union_batch else C.sft_batch // world)
         prompts, targets = shard(prompts, R).to(device), shard(targets, R).to(device)
+        targets = teacher(targets, C, R.gens["data"])
         idx = torch.cat([prompts, targets], dim=1)
         logits = R.model(idx[:, :-1])[:, P - 1 :]  # row t scores targets[:, t]
         tmask = torch.arange(targets.size(1), device=device)[None, :] <= (targets != PAD).sum(dim=1, keepdim=True)
@@ -796,7 +879,7 @@ def write_summary(R, step, history, wall, backend_used, config_files):
     }
     with open(os.path.join(C.out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    plot_run(rows, os.path.join(C.out_dir, "train.png"), f"sort {C.min_digits}-{C.max_digits} digits, {C.method}, seed {C.seed}")
+    plot_run(rows, os.path.join(C.out_dir, "train.png"), f"{task_name(C)}, {C.method}, seed {C.seed}")
     print(f"accuracy {100 * summary['accuracy_before']:.1f}% -> {100 * summary['accuracy_after']:.1f}% | reward "
           f"{summary['reward_before']:.3f} -> {summary['reward_after']:.3f} | {wall:.1f}s | {C.out_dir}/summary.json")  # fmt: skip
     return summary

@@ -197,8 +197,8 @@ def test_config_file_errors(tmp_path, text, message):
 
 def test_config_long_parses_and_is_long():
     C = train_tiny.parse_config([os.path.join(ROOT, "config", "long.py")])
-    assert C.out_dir == "out-long"
-    assert (C.min_digits + C.max_digits) / 2 + 1 >= 128  # mean target response, end token included
+    assert C.out_dir == "out-long" and C.task == "pairs"
+    assert 2 * C.n_pairs + 1 >= 128  # the target response, end token included
 
 
 def test_compare_forwards_config_files_and_finds_the_sweep(tmp_path):

@@ -64,6 +64,62 @@ def test_task_targets_and_reward():
     assert not train_tiny.score(targets, short, targets, 0.5)[1].any()
 
 
+def test_pairs_task_targets_and_reward():
+    C = train_tiny.parse_config(["--task=pairs", "--n_pairs=5"])
+    assert sorted(train_tiny.PAIRS_TABLE.tolist()) == list(range(10))  # F is a permutation of the digits
+    assert train_tiny.vocab_size(C) == 23 and train_tiny.vocab_size(train_tiny.parse_config([])) == 13  # sort's model unchanged
+    prompts, targets = train_tiny.make_batch(64, torch.Generator().manual_seed(0), C)
+    assert prompts.shape == (64, 1) and (prompts == train_tiny.EQ).all() and targets.shape == (64, 11)
+    for t in targets.tolist():
+        assert all(r < 10 and v == 13 + train_tiny.PAIRS_TABLE[r] for r, v in zip(t[0:10:2], t[1:10:2])) and t[10] == train_tiny.EOS
+    assert len(set(targets[:, 0].tolist())) > 5  # the free digits vary
+    mask = torch.ones_like(targets, dtype=torch.bool)
+    reward, exact, length = train_tiny.task_score(targets, mask, targets, C)
+    assert exact.all() and torch.equal(reward, torch.ones(64)) and (length == 11).all()
+
+    # by hand: F(3) = 4 + 13 = 'e', F(7) = 1 + 13 = 'b', F(0) = 9 + 13 = 'j'
+    def resp(text):
+        return torch.tensor([[train_tiny.VOCAB.index(ch) for ch in text]])
+
+    def sc(text, n=None):
+        r = resp(text)
+        m = torch.zeros_like(r, dtype=torch.bool)
+        m[:, : n or r.size(1)] = True
+        reward, exact, length = train_tiny.task_score(r, m, targets[:1], C)
+        return round(reward.item(), 6), exact.item(), length.item()
+
+    assert sc("3e7b0j3e7b$") == (1.0, True, 11)  # any free digits: every pair right, then the end token
+    assert sc("3e7a0j3a7b$") == (round(0.5 * 4 / 6, 6), False, 11)  # two wrong values: 3 pairs + the end token of 6
+    assert sc("3e7b$") == (round(0.5 * 2 / 6, 6), False, 5)  # stopping early: the end token is not where it must be
+    assert sc("3e7b0j3e7b3e") == (round(0.5 * 5 / 6, 6), False, 12)  # no end token after 5 pairs
+    assert sc("ee7b0j3e7b$") == (round(0.5 * 5 / 6, 6), False, 11)  # a value where a digit must be
+    assert sc("3e7b0j3e7b$", n=11)[1] and not sc("3e7b0j3e7b$$", n=12)[1]  # nothing may follow the end token
+
+
+def test_teacher_noise_changes_only_values():
+    for task, lo in (("pairs", 13), ("sort", 0)):
+        C = train_tiny.parse_config([f"--task={task}", "--teacher_noise=0.5"])
+        _, targets = train_tiny.make_batch(256, torch.Generator().manual_seed(0), C)
+        gen = torch.Generator().manual_seed(1)
+        noisy = train_tiny.teacher(targets, C, gen)
+        kind = (targets >= lo) & (targets < lo + 10)  # pairs: the values a..j; sort: the digits
+        assert torch.equal(noisy[~kind], targets[~kind])  # free digits, the end token and padding never change
+        assert ((noisy[kind] >= lo) & (noisy[kind] < lo + 10)).all()
+        changed = (noisy != targets)[kind].float().mean().item()  # 0.5 * 9/10 expected; > 10k tokens: std < 0.005
+        assert abs(changed - 0.45) < 0.03, changed
+        state = gen.get_state()
+        assert train_tiny.teacher(targets, train_tiny.parse_config([f"--task={task}"]), gen) is targets  # noise 0: no draw
+        assert torch.equal(gen.get_state(), state)
+
+
+def test_pairs_smoke(tmp_path):
+    out = str(tmp_path / "pairs")
+    summary = run(out, "--task=pairs", "--n_pairs=4", "--teacher_noise=0.3", "--rl_steps=2")
+    assert summary["config"]["task"] == "pairs" and 1 <= summary["mean_response_len"] <= 2 * 4 + 4
+    r = rows(out)
+    assert [x["step"] for x in r] == [0, 1, 2] and len(r[1]["pos"]["n"]) <= 2 * 4 + 4
+
+
 def test_heldout_split_is_fixed_and_excluded():
     C = train_tiny.parse_config(["--seed=7"])
     a, _ = train_tiny.make_batch(32, torch.Generator().manual_seed(C.eval_seed), C)
