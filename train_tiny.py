@@ -8,6 +8,9 @@ and a single wrong count anywhere in it makes the whole answer wrong: position m
 
     ...31415926535897932=  ->  11233455567899999$        (16..20 digits; '.' pads the prompt)
 
+config/long.py switches to the long-response toy (task = "pairs", 137-token answers; see make_pairs and
+docs/toy.md chapter 2).
+
 Run it (defaults: about a minute on an idle 2-core CPU; the README has the measured numbers):
 
     python train_tiny.py                                   # CTPO, outputs in out-tiny/
