@@ -1,0 +1,27 @@
+// The op's conventions shared by the CPU kernel (ctpo.cpp), the CUDA kernel (ctpo_cuda.cu) and ctpo_ext.py:
+// ratio codes and the columns of the per-row `stats` output. Torch-free and CUDA-free.
+#pragma once
+
+namespace ctpo_layout {
+
+// `ratio` argument of ctpo::policy_loss (ctpo_ext.RATIO_CODES)
+enum Ratio : int { kToken = 0, kSequence = 1, kGspo = 2, kCumulative = 3, kCumulativeGeomean = 4 };
+
+// columns of `stats` (B, kNumStats) float64, one row per sequence (ctpo_ext.STATS)
+enum Stat : int {
+  kStatTokens = 0,  // mask tokens
+  kStatHigh = 1,  // clipped high (A > 0, log w above the upper bound)
+  kStatLow = 2,  // clipped low (A < 0, below the lower bound)
+  kStatDual = 3,  // dual-clipped (A < 0, above the dual cap)
+  kStatClipped = 4,  // any of the three (low and dual can coincide)
+  kStatSumW = 5,  // sum of exp(log w) over mask tokens
+  kStatMinLogW = 6,  // min of log w over mask tokens (+inf for a row without any)
+  kStatMaxLogW = 7,  // max (-inf for a row without any)
+  kStatBadLogp = 8,  // 1 if logp is NaN or inf at a mask=1 position of the row, else 0
+  kStatBadOldLogp = 9,  // same for old_logp
+  kStatBadAdv = 10,  // same for the advantages
+  kStatBadWeights = 11,  // 1 if a rollout weight is NaN, inf or negative at a mask=1 position
+  kNumStats = 12
+};
+
+}  // namespace ctpo_layout
