@@ -342,8 +342,19 @@ def policy_loss_op(
         raise ValueError(f"ratio: expected one of {list(RATIO_CODES)}, got {ratio!r}")
     return FusedLoss(
         *torch.ops.ctpo.policy_loss(
-            logp, old_logp, adv, mask, rollout_is_weights, RATIO_CODES[ratio], float(lower), float(upper), float(dual), float(power),
-            float(delta_max), float(log_w_max), int(sample_stride),
+            logp,
+            old_logp,
+            adv,
+            mask,
+            rollout_is_weights,
+            RATIO_CODES[ratio],
+            float(lower),
+            float(upper),
+            float(dual),
+            float(power),
+            float(delta_max),
+            float(log_w_max),
+            int(sample_stride),
         )  # fmt: skip
     )
 

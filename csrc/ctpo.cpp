@@ -745,8 +745,16 @@ template <typename IL, typename IO, typename C>
 static void forward_impl(const Prepared& in, const at::Tensor& rw_t, const Knobs& k, int64_t stride, Outputs& o) {
   const int64_t B = in.logp.size(0), T = in.logp.size(1);
   C* qout = o.q.mutable_data_ptr<C>();
-  if (B == 0 || T == 0) {
+  if (B == 0 || T == 0) {  // rows without tokens: zero sums, empty min / max
     qout[0] = qout[1] = qout[2] = C(0);
+    C* rl = o.row_loss.mutable_data_ptr<C>();
+    double* st = o.stats.mutable_data_ptr<double>();
+    for (int64_t i = 0; i < B; ++i) {
+      rl[i] = C(0);
+      for (int c = 0; c < kNumStats; ++c) st[i * kNumStats + c] = 0.0;
+      st[i * kNumStats + kStatMinLogW] = std::numeric_limits<double>::infinity();
+      st[i * kNumStats + kStatMaxLogW] = -std::numeric_limits<double>::infinity();
+    }
     return;
   }
   const auto tab = scale_table(k.power, T);
