@@ -824,7 +824,8 @@ def _ext_policy_loss(logp, old_logp, adv, mask, cfg, rollout_is_weights, agg, nu
         for col, name, nonneg in _EXT_INPUT_NAMES:
             if bool(tot[col]):
                 raise ValueError(_bad_values_message(name, nonneg) if nonneg else f"{name}: NaN or inf at a mask=1 position")
-    loss = aggregate_rows(row_loss, stats[:, 0], T, agg, num_tokens, num_seqs, loss_scale_factor)
+    # row sums in float64 (the kernel's accumulator): the aggregate is rounded once, to the loss's dtype
+    loss = aggregate_rows(row_loss, stats[:, 0], T, agg, num_tokens, num_seqs, loss_scale_factor).to(loss_tok.dtype)
     if B > 0:
         lw_min, lw_max = stats[:, 6].amin(), stats[:, 7].amax()
     else:

@@ -237,7 +237,7 @@ def _register_python_parts():
         dt = _compute_dtype(logp.dtype)
         return (
             logp.new_empty((B, T), dtype=dt),
-            logp.new_empty((B,), dtype=dt),
+            logp.new_empty((B,), dtype=torch.float64),
             logp.new_empty((B, T), dtype=dt),
             logp.new_empty((B, T), dtype=torch.bool),
             logp.new_empty((B, pass_bits_bytes(T)), dtype=torch.uint8),
@@ -331,9 +331,10 @@ def policy_loss_op(
     Window on log w at response position t: [lower * t^power, upper * t^power], dual cap dual * t^power
     (PPO: power = 0, lower = log(1 - eps_low), upper = log1p(eps_high), dual = log(dual_c)).
     sample_stride: the quantiles' subsample (flat positions 0, s, 2s, ...; 1 = every token).
-    Returns FusedLoss(loss (B, T), row_loss (B,), log_w (B, T), clipped (B, T) bool, pass_bits, stats (B, 12)
-    float64 with columns STATS, log_w_q (3,)): float32 (float64 for float64 logp). loss and row_loss are
-    differentiable w.r.t. logp only (stop-gradient form). Equal to ctpo.token_losses for the same method.
+    Returns FusedLoss(loss (B, T), row_loss (B,) float64 (sum_t loss, accumulated in float64), log_w (B, T),
+    clipped (B, T) bool, pass_bits, stats (B, 12) float64 with columns STATS, log_w_q (3,)); loss, log_w, log_w_q
+    in float32 (float64 for float64 logp). loss and row_loss are differentiable w.r.t. logp only (stop-gradient
+    form). Equal to ctpo.token_losses for the same method.
     """
     if _module is None:
         load()

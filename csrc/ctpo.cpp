@@ -21,7 +21,8 @@
 //   d loss_t / d logp_t (stop-gradient form) = loss_t for the tokens that pass the gradient (mask, not clipped,
 //             log_w <= log_w_max as torch.clamp, A != 0), exactly 0 for all others: one bit per token in
 //             pass_bits ((B, NB) uint8, NB = 4 * ceil(T / 32), bit j at byte j / 8, bit j % 8).
-// Outputs: loss (B, T) C; row_loss (B,) C = sum_t loss (float64 accumulation), differentiable like loss;
+// Outputs: loss (B, T) C; row_loss (B,) float64 = sum_t loss (accumulated in float64 and kept: the aggregation
+//   then rounds once, to the loss's dtype), differentiable like loss;
 //   log_w (B, T) C; clipped (B, T) bool = mask & (high | low | dual); stats (B, 12) float64 per-row partials
 //   (STAT_* below: token count, clip counts by direction, sum of exp(log_w), min / max of log_w, and 0/1 flags
 //   for a non-finite logp / old_logp / adv or a non-finite or negative rollout weight at a mask=1 position);
@@ -747,10 +748,10 @@ static void forward_impl(const Prepared& in, const at::Tensor& rw_t, const Knobs
   C* qout = o.q.mutable_data_ptr<C>();
   if (B == 0 || T == 0) {  // rows without tokens: zero sums, empty min / max
     qout[0] = qout[1] = qout[2] = C(0);
-    C* rl = o.row_loss.mutable_data_ptr<C>();
+    double* rl = o.row_loss.mutable_data_ptr<double>();
     double* st = o.stats.mutable_data_ptr<double>();
     for (int64_t i = 0; i < B; ++i) {
-      rl[i] = C(0);
+      rl[i] = 0.0;
       for (int c = 0; c < kNumStats; ++c) st[i * kNumStats + c] = 0.0;
       st[i * kNumStats + kStatMinLogW] = std::numeric_limits<double>::infinity();
       st[i * kNumStats + kStatMaxLogW] = -std::numeric_limits<double>::infinity();
@@ -768,7 +769,7 @@ static void forward_impl(const Prepared& in, const at::Tensor& rw_t, const Knobs
   const C* rw = rw_t.defined() ? rw_t.const_data_ptr<C>() : nullptr;
   const int64_t rws = rw_t.defined() ? rw_t.stride(0) : 0;
   C* loss = o.loss.mutable_data_ptr<C>();
-  C* row_loss = o.row_loss.mutable_data_ptr<C>();
+  double* row_loss = o.row_loss.mutable_data_ptr<double>();
   C* lwo = o.log_w.mutable_data_ptr<C>();
   bool* clipped = o.clipped.mutable_data_ptr<bool>();
   uint8_t* bits = o.bits.mutable_data_ptr<uint8_t>();
@@ -828,7 +829,7 @@ static void forward_impl(const Prepared& in, const at::Tensor& rw_t, const Knobs
 #endif
       }
       if (!done) row_scalar<IL, IO, C>(r, T, s_tab, k);
-      row_loss[i] = static_cast<C>(r.loss_sum);
+      row_loss[i] = r.loss_sum;
       for (int64_t q = (i * T + stride - 1) / stride; q < S && q * stride < (i + 1) * T; ++q) {
         const int64_t j = q * stride - i * T;
         sample_v[q] = r.lwo[j];
@@ -862,7 +863,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const int64_t B = logp.size(0), T = logp.size(1);
   Outputs o;
   o.loss = new_output(logp.sizes(), in.compute);
-  o.row_loss = new_output({B}, in.compute);
+  o.row_loss = new_output({B}, at::kDouble);
   o.log_w = new_output(logp.sizes(), in.compute);
   o.clipped = new_output(logp.sizes(), at::kBool);
   o.bits = new_output({B, pass_bits_bytes(T)}, at::kByte);
