@@ -27,7 +27,8 @@
 //   (STAT_* below: token count, clip counts by direction, sum of exp(log_w), min / max of log_w, and 0/1 flags
 //   for a non-finite logp / old_logp / adv or a non-finite or negative rollout weight at a mask=1 position);
 //   log_w_q (3,) C: nearest-rank 10/50/90 % quantiles of log_w over the mask tokens among the flat positions
-//   0, s, 2s, ... (s = sample_stride; all mask tokens if that sample has none; 0 if there are none).
+//   0, s, 2s, ... (s = sample_stride; if that sample holds none, the first 4096 mask tokens in flat order; 0 if
+//   there are none).
 // C = float32 for float16/bfloat16/float32 logp, float64 for float64 logp.
 //
 // CPU row kernels: a hand-written AVX-512 one (float32 compute, CPU_CAPABILITY_AVX512 builds) and a scalar one
@@ -837,14 +838,15 @@ static void forward_impl(const Prepared& in, const at::Tensor& rw_t, const Knobs
       }
     }
   });
-  // quantiles of log w: the sampled mask tokens; all mask tokens where the sample caught none (a sparse mask)
+  // quantiles of log w: the sampled mask tokens; where the sample caught none (a sparse mask), the first
+  // kFallbackSample mask tokens in flat order
   std::vector<C> vals;
   vals.reserve(static_cast<size_t>(S));
   for (int64_t q = 0; q < S; ++q)
     if (sample_m[q] && !std::isnan(sample_v[q])) vals.push_back(sample_v[q]);
   if (vals.empty()) {
-    for (int64_t i = 0; i < B; ++i)
-      for (int64_t j = 0; j < T; ++j)
+    for (int64_t i = 0; i < B && static_cast<int64_t>(vals.size()) < kFallbackSample; ++i)
+      for (int64_t j = 0; j < T && static_cast<int64_t>(vals.size()) < kFallbackSample; ++j)
         if (m[i * ms + j] && !std::isnan(lwo[i * T + j])) vals.push_back(lwo[i * T + j]);
   }
   quantiles<C>(vals, qout);

@@ -24,4 +24,7 @@ enum Stat : int {
   kNumStats = 12
 };
 
+// the quantiles' fallback sample (no mask token at the strided positions): the first this many mask tokens
+constexpr int kFallbackSample = 4096;
+
 }  // namespace ctpo_layout

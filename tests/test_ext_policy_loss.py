@@ -382,3 +382,43 @@ def test_cuda_arch_decision(monkeypatch):
     assert not ctpo_ext.want_cuda(None)[0]
     monkeypatch.setenv("CTPO_EXT_NO_CUDA", "1")
     assert not ctpo_ext.want_cuda("/usr/local/cuda")[0]
+
+
+def test_quantiles_of_a_sparse_mask_the_stride_misses(ext):
+    """No mask token at the sampled positions: both backends fall back to the first 4096 mask tokens."""
+    B, T = 100, 1000
+    s = ctpo.quantile_stride(B, T)
+    assert s > 1
+    mask = torch.zeros(B * T, dtype=torch.bool)
+    mask[torch.tensor([1, 2, 5 * s + 3, 40 * s + 1, 77 * s + 2])] = True  # never a multiple of s
+    mask = mask.view(B, T)
+    g = torch.Generator().manual_seed(33)
+    logp = -1.0 + 0.3 * torch.randn(B, T, generator=g)
+    old = logp + 0.3 * torch.randn(B, T, generator=g)
+    for method in ("grpo", "ctpo"):
+        _, m_p = ctpo.policy_loss(logp, old, torch.randn(B, generator=g), mask, method=method)
+        _, m_e = ctpo.policy_loss(logp, old, torch.randn(B, generator=g), mask, method=method, backend="ext")
+        lw = m_e["log_w"][mask]
+        for q in ctpo.QUANTILES:
+            assert m_e[f"ratio_q{q}"].item() == pytest.approx(math.exp(nearest_rank(lw, q).item()), rel=1e-6)
+            assert torch.equal(m_p[f"ratio_q{q}"], m_e[f"ratio_q{q}"]) or method == "grpo"  # grpo: other advantages, same log w
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_cuda_policy_loss_parity(ext, method, dtype):
+    if not ext.with_cuda():
+        pytest.skip("extension built without CUDA kernels")
+    for B, T, seed in ((3, 1, 0), (5, 333, 1), (2, 8192, 2)):
+        for adv_shape in ("row", "token"):
+            logp, old, adv, mask, w = make(B, T, seed=seed, adv_shape=adv_shape, weights=True)
+            logp, old, w = logp.to(dtype), old.to(dtype), w.to(dtype)
+            for agg in ctpo.AGGS:
+                l_c, g_c, m_c = run("ext", *(x.cuda() for x in (logp, old, adv, mask, w)), method=method, agg=agg)
+                l_p, g_p, m_p = run("python", logp, old, adv, mask, w, method=method, agg=agg)
+                tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=1e-6)
+                torch.testing.assert_close(l_c.cpu(), l_p, **tol)
+                torch.testing.assert_close(g_c.cpu(), g_p, **tol)
+                for k in COUNTS:
+                    assert m_c[k].item() == m_p[k].item(), k
