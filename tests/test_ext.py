@@ -1,8 +1,8 @@
 """The fused extension (csrc/, ctpo_ext.py) against the Python reference ctpo.token_losses.
 
 The first test to need it JIT-builds the extension (~30 s, once per fresh clone; CTPO_EXT_DIR sets where).
-Every CPU row kernel of the build is checked against the reference: the AVX-512 one (where compiled in) and the
-scalar one (switched with ctpo_ext.load().set_cpu_kernel(...)). This file tests the cumulative family through
+Every CPU row kernel of the build is checked against the reference: the AVX-512 one (where compiled in), the
+portable at::vec one and the scalar one (switched with ctpo_ext.load().set_cpu_kernel(...)). This file tests the cumulative family through
 ctpo_ext.ctpo_token_loss and the op's plumbing; tests/test_ext_policy_loss.py tests every method end to end.
 """
 
@@ -30,7 +30,7 @@ def ext():
     mod.set_cpu_kernel("auto")
 
 
-@pytest.fixture(params=["auto", "scalar"])
+@pytest.fixture(params=["auto", "vec", "scalar"])
 def cpu_path(request, ext):
     if request.param != "auto" and ext.compiled_cpu_path().startswith(request.param):
         pytest.skip(f"auto is the {request.param} kernel in this build")

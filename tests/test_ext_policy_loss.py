@@ -2,8 +2,8 @@
 
 The fused op (torch.ops.ctpo.policy_loss) returns the loss, per-row loss sums and per-row metric partials; the
 Python backend is the reference. float64: equal to 1e-12. float32 / bfloat16: no worse than the Python backend
-against a float64 computation on the same inputs. Clip counts: identical. Both CPU row kernels of the build
-(AVX-512 where compiled in, scalar) are checked.
+against a float64 computation on the same inputs. Clip counts: identical. Every CPU row kernel of the build
+(AVX-512 where compiled in, at::vec, scalar) is checked.
 """
 
 import math
@@ -27,10 +27,10 @@ def ext():
     mod.set_cpu_kernel("auto")
 
 
-@pytest.fixture(params=["auto", "scalar"])
+@pytest.fixture(params=["auto", "vec", "scalar"])
 def cpu_path(request, ext):
-    if request.param == "scalar" and ext.compiled_cpu_path().startswith("scalar"):
-        pytest.skip("auto is the scalar kernel in this build")
+    if request.param != "auto" and ext.compiled_cpu_path().startswith(request.param):
+        pytest.skip(f"auto is the {request.param} kernel in this build")
     ext.set_cpu_kernel(request.param)
     yield request.param
     ext.set_cpu_kernel("auto")
