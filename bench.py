@@ -7,8 +7,8 @@ Two tables:
    ext vs Python of the loss and of the gradient.
 2. end to end (--e2e-methods, default ctpo grpo gspo sequence): ctpo.policy_loss(...) forward + backward with
    its default metrics (what a training loop calls), backend="python" vs backend="ext", and torch.compile of the
-   Python path where it compiles (fullgraph=False: the reference's input checks break the graph), next to the
-   bare op for the same method.
+   Python path where it compiles (fullgraph=False: the reference's input checks break the graph; by default
+   only at 256x4096, --e2e-compile-sizes), next to the bare op for the same method.
 
     python bench.py                       # the default sizes, float32 and bfloat16: both tables
     python bench.py --json                # the same as JSON (a list of objects)
@@ -310,6 +310,9 @@ def main(argv=None):
     ap.add_argument("--e2e-methods", nargs="+", default=E2E_METHODS, choices=sorted(ctpo.METHODS))
     ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end policy_loss table")
     ap.add_argument("--e2e-only", action="store_true", help="only the end-to-end policy_loss table")
+    ap.add_argument(
+        "--e2e-compile-sizes", nargs="*", default=["256x4096"], help="sizes whose end-to-end row also compiles the python path (slow)"
+    )
     ap.add_argument("--repeats", type=int, default=30, help="timed runs per backend (median reported)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     ap.add_argument("--json", action="store_true", help="print JSON (a list of objects) instead of the table")
@@ -325,7 +328,8 @@ def main(argv=None):
                 rows.append(run_case(B, T, dt, args.method, args.repeats, not args.no_compile, args.breakdown))
             if not args.no_e2e and dt == "float32":
                 for method in args.e2e_methods:
-                    e2e.append(run_e2e(B, T, dt, method, args.repeats, not args.no_compile))
+                    use_compile = not args.no_compile and size in args.e2e_compile_sizes
+                    e2e.append(run_e2e(B, T, dt, method, args.repeats, use_compile))
             if not args.json:
                 print(f"done {size} {dt}", file=sys.stderr, flush=True)
     if args.json:

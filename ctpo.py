@@ -819,8 +819,7 @@ def _ext_policy_loss(logp, old_logp, adv, mask, cfg, rollout_is_weights, agg, nu
         logp, old_logp, adv, mask, rollout_is_weights, ctpo_ext.RATIO_CODES[ratio], float(lower), float(upper), float(dual),
         float(power), float(cfg["delta_max"]), float(cfg["log_w_max"]), quantile_stride(B, T),
     )  # fmt: skip
-    loss_tok, row_loss, log_w, clipped, _, stats, lw_q = out
-    tot = stats.sum(dim=0)  # (12,) float64: counts, sum of w, and the inputs' bad-value flags
+    loss_tok, row_loss, log_w, clipped, _, stats, tot, lw_q = out  # stats (12, B), tot (12,): ctpo_ext.STATS
     # the inputs' value checks, as check_finite / check_token_tensor would raise them (one sync, O(1) data)
     if torch.compiler.is_compiling():
         torch._assert_async(tot[8:].sum() == 0, "policy_loss: NaN or inf (or a negative rollout weight) at a mask=1 position")
@@ -829,13 +828,8 @@ def _ext_policy_loss(logp, old_logp, adv, mask, cfg, rollout_is_weights, agg, nu
             if bool(tot[col]):
                 raise ValueError(_bad_values_message(name, nonneg) if nonneg else f"{name}: NaN or inf at a mask=1 position")
     # row sums in float64 (the kernel's accumulator): the aggregate is rounded once, to the loss's dtype
-    loss = aggregate_rows(row_loss, stats[:, 0], T, agg, num_tokens, num_seqs, loss_scale_factor).to(loss_tok.dtype)
-    if B > 0:
-        lo, hi = stats[:, 6:8].aminmax(dim=0)  # rows without tokens hold +inf / -inf there
-        lw_min, lw_max = lo[0], hi[1]
-    else:
-        lw_min, lw_max = tot[6] + math.inf, tot[7] - math.inf
-    m = metrics_from_sums(tot[:5], tot[5], lw_min, lw_max, lw_q)
+    loss = aggregate_rows(row_loss, stats[0], T, agg, num_tokens, num_seqs, loss_scale_factor).to(loss_tok.dtype)
+    m = metrics_from_sums(tot[:5], tot[5], tot[6], tot[7], lw_q)  # without tokens: min +inf, max -inf, shown as 1
     m["log_w"], m["t"], m["clipped"] = log_w, None, clipped  # the Python backend's order; t is filled below
     if torch.compiler.is_compiling():
         m["t"] = response_position(mask)

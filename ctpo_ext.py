@@ -197,15 +197,15 @@ def available():
 # defined the ops)
 
 RATIO_CODES = {"token": 0, "sequence": 1, "gspo": 2, "cumulative": 3, "cumulative-geomean": 4}
-STATS = (  # the columns of the op's per-row `stats` output, float64
+STATS = (  # the rows of the op's per-row `stats` output (12, B) and the entries of its batch `totals` (12,), float64
     "n_tokens",
     "n_clip_high",
     "n_clip_low",
     "n_clip_dual",
     "n_clipped",  # high | low | dual (low and dual can coincide)
     "sum_w",  # sum of exp(log w) over mask tokens
-    "min_log_w",  # +inf for a row without mask tokens
-    "max_log_w",  # -inf for a row without mask tokens
+    "min_log_w",  # +inf for a row without mask tokens; totals: the min over rows
+    "max_log_w",  # -inf for a row without mask tokens; totals: the max over rows
     "bad_logp",  # 1 if NaN / inf at a mask=1 position of the row
     "bad_old_logp",
     "bad_adv",
@@ -213,7 +213,7 @@ STATS = (  # the columns of the op's per-row `stats` output, float64
 )
 QUANTILES = (10, 50, 90)  # the op's log_w_q output: nearest-rank quantiles, in percent
 
-FusedLoss = namedtuple("FusedLoss", "loss row_loss log_w clipped pass_bits stats log_w_q")
+FusedLoss = namedtuple("FusedLoss", "loss row_loss log_w clipped pass_bits stats totals log_w_q")
 
 
 def pass_bits_bytes(T):
@@ -241,7 +241,8 @@ def _register_python_parts():
             logp.new_empty((B, T), dtype=dt),
             logp.new_empty((B, T), dtype=torch.bool),
             logp.new_empty((B, pass_bits_bytes(T)), dtype=torch.uint8),
-            logp.new_empty((B, len(STATS)), dtype=torch.float64),
+            logp.new_empty((len(STATS), B), dtype=torch.float64),
+            logp.new_empty((len(STATS),), dtype=torch.float64),
             logp.new_empty((len(QUANTILES),), dtype=dt),
         )
 
@@ -250,10 +251,10 @@ def _register_python_parts():
         return loss.new_empty(loss.shape, dtype=grad_dtype)
 
     def setup_context(ctx, inputs, output):
-        loss, row_loss, log_w, clipped, pass_bits, stats, q = output
+        loss, row_loss, log_w, clipped, pass_bits, stats, totals, q = output
         ctx.save_for_backward(loss, pass_bits)  # d loss_t / d logp_t is loss_t where the bit is set, else 0
         ctx.logp_dtype = inputs[0].dtype
-        ctx.mark_non_differentiable(log_w, clipped, pass_bits, stats, q)
+        ctx.mark_non_differentiable(log_w, clipped, pass_bits, stats, totals, q)
         ctx.set_materialize_grads(False)  # else autograd fills (B, T) zero gradients for the unused outputs
 
     def backward(ctx, grad_loss, grad_row_loss, *unused):
@@ -332,7 +333,8 @@ def policy_loss_op(
     (PPO: power = 0, lower = log(1 - eps_low), upper = log1p(eps_high), dual = log(dual_c)).
     sample_stride: the quantiles' subsample (flat positions 0, s, 2s, ...; 1 = every token).
     Returns FusedLoss(loss (B, T), row_loss (B,) float64 (sum_t loss, accumulated in float64), log_w (B, T),
-    clipped (B, T) bool, pass_bits, stats (B, 12) float64 with columns STATS, log_w_q (3,)); loss, log_w, log_w_q
+    clipped (B, T) bool, pass_bits, stats (12, B) float64 with rows STATS, totals (12,) float64 (the batch's:
+    sums, min of the mins, max of the maxes), log_w_q (3,)); loss, log_w, log_w_q
     in float32 (float64 for float64 logp). loss and row_loss are differentiable w.r.t. logp only (stop-gradient
     form). Equal to ctpo.token_losses for the same method.
     """

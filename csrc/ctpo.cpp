@@ -2,7 +2,7 @@
 //
 // ctpo::policy_loss(logp, old_logp, adv, mask, rollout_is_weights?, ratio, lower, upper, dual, power,
 //                   delta_max, log_w_max, sample_stride)
-//     -> (loss, row_loss, log_w, clipped, pass_bits, stats, log_w_q)
+//     -> (loss, row_loss, log_w, clipped, pass_bits, stats, totals, log_w_q)
 // ctpo::policy_loss_backward(grad_loss?, grad_row_loss?, loss, pass_bits, grad_dtype) -> grad_logp
 //
 // Per row (ctpo.token_losses + ctpo.loss_metrics are the reference; the same bits where it can be):
@@ -23,9 +23,11 @@
 //             pass_bits ((B, NB) uint8, NB = 4 * ceil(T / 32), bit j at byte j / 8, bit j % 8).
 // Outputs: loss (B, T) C; row_loss (B,) float64 = sum_t loss (accumulated in float64 and kept: the aggregation
 //   then rounds once, to the loss's dtype), differentiable like loss;
-//   log_w (B, T) C; clipped (B, T) bool = mask & (high | low | dual); stats (B, 12) float64 per-row partials
-//   (STAT_* below: token count, clip counts by direction, sum of exp(log_w), min / max of log_w, and 0/1 flags
-//   for a non-finite logp / old_logp / adv or a non-finite or negative rollout weight at a mask=1 position);
+//   log_w (B, T) C; clipped (B, T) bool = mask & (high | low | dual); stats (12, B) float64 per-row partials
+//   (ctpo_layout.h: token count, clip counts by direction, sum of exp(log_w), min / max of log_w, and 0/1 flags
+//   for a non-finite logp / old_logp / adv or a non-finite or negative rollout weight at a mask=1 position;
+//   one contiguous row per statistic); totals (12,) float64: the same over the batch (sums; min of the mins,
+//   max of the maxes), reduced in row order after the rows (deterministic, independent of the threads);
 //   log_w_q (3,) C: nearest-rank 10/50/90 % quantiles of log_w over the mask tokens among the flat positions
 //   0, s, 2s, ... (s = sample_stride; if that sample holds none, the first 4096 mask tokens in flat order; 0 if
 //   there are none).
@@ -1003,8 +1005,22 @@ static void quantiles(std::vector<C>& vals, C* out) {
 }
 
 struct Outputs {
-  at::Tensor loss, row_loss, log_w, clipped, bits, stats, q;
+  at::Tensor loss, row_loss, log_w, clipped, bits, stats, totals, q;
 };
+
+// the batch totals of the (kNumStats, B) per-row statistics, in row order
+static void reduce_totals(const double* st, int64_t B, double* tot) {
+  for (int c = 0; c < kNumStats; ++c) {
+    const double* x = st + c * B;
+    double v = c == kStatMinLogW ? std::numeric_limits<double>::infinity() : (c == kStatMaxLogW ? -std::numeric_limits<double>::infinity() : 0.0);
+    for (int64_t i = 0; i < B; ++i) {
+      if (c == kStatMinLogW) v = x[i] < v ? x[i] : v;
+      else if (c == kStatMaxLogW) v = x[i] > v ? x[i] : v;
+      else v += x[i];
+    }
+    tot[c] = v;
+  }
+}
 
 template <typename IL, typename IO, typename C>
 static void forward_impl(const Prepared& in, const at::Tensor& rw_t, const Knobs& k, int64_t stride, Outputs& o) {
@@ -1016,10 +1032,11 @@ static void forward_impl(const Prepared& in, const at::Tensor& rw_t, const Knobs
     double* st = o.stats.mutable_data_ptr<double>();
     for (int64_t i = 0; i < B; ++i) {
       rl[i] = 0.0;
-      for (int c = 0; c < kNumStats; ++c) st[i * kNumStats + c] = 0.0;
-      st[i * kNumStats + kStatMinLogW] = std::numeric_limits<double>::infinity();
-      st[i * kNumStats + kStatMaxLogW] = -std::numeric_limits<double>::infinity();
+      for (int c = 0; c < kNumStats; ++c) st[c * B + i] = 0.0;
+      st[kStatMinLogW * B + i] = std::numeric_limits<double>::infinity();
+      st[kStatMaxLogW * B + i] = -std::numeric_limits<double>::infinity();
     }
+    reduce_totals(st, B, o.totals.mutable_data_ptr<double>());
     return;
   }
   const auto tab = scale_table(k.power, T);
@@ -1077,7 +1094,8 @@ static void forward_impl(const Prepared& in, const at::Tensor& rw_t, const Knobs
       r.lwo = lwo + i * T;
       r.clipped = clipped + i * T;
       r.bits = bits + i * NB;
-      r.st = stats + i * kNumStats;
+      double st_row[kNumStats];
+      r.st = st_row;
       r.loss_sum = 0.0;
       std::memset(r.bits + written, 0, static_cast<size_t>(NB - written));  // pad bytes: deterministic zeros
       bool done = false;
@@ -1098,6 +1116,7 @@ static void forward_impl(const Prepared& in, const at::Tensor& rw_t, const Knobs
       }
       if (!done) row_scalar<IL, IO, C>(r, T, s_tab, k);
       row_loss[i] = r.loss_sum;
+      for (int c = 0; c < kNumStats; ++c) stats[c * B + i] = st_row[c];
       for (int64_t q = (i * T + stride - 1) / stride; q < S && q * stride < (i + 1) * T; ++q) {
         const int64_t j = q * stride - i * T;
         sample_v[q] = r.lwo[j];
@@ -1105,6 +1124,7 @@ static void forward_impl(const Prepared& in, const at::Tensor& rw_t, const Knobs
       }
     }
   });
+  reduce_totals(stats, B, o.totals.mutable_data_ptr<double>());
   // quantiles of log w: the sampled mask tokens; where the sample caught none (a sparse mask), the first
   // kFallbackSample mask tokens in flat order
   std::vector<C> vals;
@@ -1119,7 +1139,7 @@ static void forward_impl(const Prepared& in, const at::Tensor& rw_t, const Knobs
   quantiles<C>(vals, qout);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> policy_loss_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> policy_loss_cpu(
     const at::Tensor& logp, const at::Tensor& old_logp, const at::Tensor& adv, const at::Tensor& mask,
     const std::optional<at::Tensor>& rollout_is_weights, int64_t ratio, double lower, double upper, double dual, double power,
     double delta_max, double log_w_max, int64_t sample_stride) {
@@ -1136,7 +1156,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   o.log_w = new_output(logp.sizes(), in.compute);
   o.clipped = new_output(logp.sizes(), at::kBool);
   o.bits = new_output({B, pass_bits_bytes(T)}, at::kByte);
-  o.stats = new_output({B, kNumStats}, at::kDouble);
+  o.stats = new_output({kNumStats, B}, at::kDouble);
+  o.totals = new_output({kNumStats}, at::kDouble);
   o.q = new_output({3}, in.compute);
   const bool same = in.old_logp.scalar_type() == Lt;
   switch (Lt) {
@@ -1152,7 +1173,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
       break;
     default: TORCH_CHECK(false, "unreachable");
   }
-  return {o.loss, o.row_loss, o.log_w, o.clipped, o.bits, o.stats, o.q};
+  return {o.loss, o.row_loss, o.log_w, o.clipped, o.bits, o.stats, o.totals, o.q};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1307,7 +1328,7 @@ TORCH_LIBRARY(ctpo, m) {
   m.def(
       "policy_loss(Tensor logp, Tensor old_logp, Tensor adv, Tensor mask, Tensor? rollout_is_weights, int ratio, float lower, "
       "float upper, float dual, float power, float delta_max, float log_w_max, int sample_stride) -> (Tensor loss, Tensor row_loss, "
-      "Tensor log_w, Tensor clipped, Tensor pass_bits, Tensor stats, Tensor log_w_q)");
+      "Tensor log_w, Tensor clipped, Tensor pass_bits, Tensor stats, Tensor totals, Tensor log_w_q)");
   m.def(
       "policy_loss_backward(Tensor? grad_loss, Tensor? grad_row_loss, Tensor loss, Tensor pass_bits, ScalarType grad_dtype) -> "
       "Tensor");

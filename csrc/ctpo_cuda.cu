@@ -252,19 +252,20 @@ __global__ void __launch_bounds__(kBlock) policy_loss_fwd_kernel(const FwdParams
   const RowAcc tot = ReduceAcc(acc_storage).Reduce(acc, RowAccSum());
   if (threadIdx.x == 0) s_flags = tot.flags;
   __syncthreads();  // also makes this row's log_w visible to every thread of the block (the sample below)
-  double* st = p.stats + row * kNumStats;
+  double* st = p.stats + row;  // statistic c of this row at st[c * B]
+  const int64_t B = p.B;
   if (threadIdx.x == 0) {
-    st[kStatTokens] = static_cast<double>(tot.n);
-    st[kStatHigh] = static_cast<double>(tot.nh);
-    st[kStatLow] = static_cast<double>(tot.nl);
-    st[kStatDual] = static_cast<double>(tot.nd);
-    st[kStatClipped] = static_cast<double>(tot.nc);
-    st[kStatSumW] = tot.sum_w;
-    st[kStatMinLogW] = tot.mn;
-    st[kStatMaxLogW] = tot.mx;
-    st[kStatBadAdv] = (tot.flags & 2u) ? 1.0 : 0.0;
-    st[kStatBadWeights] = (tot.flags & 4u) ? 1.0 : 0.0;
-    st[kStatBadLogp] = st[kStatBadOldLogp] = 0.0;
+    st[kStatTokens * B] = static_cast<double>(tot.n);
+    st[kStatHigh * B] = static_cast<double>(tot.nh);
+    st[kStatLow * B] = static_cast<double>(tot.nl);
+    st[kStatDual * B] = static_cast<double>(tot.nd);
+    st[kStatClipped * B] = static_cast<double>(tot.nc);
+    st[kStatSumW * B] = tot.sum_w;
+    st[kStatMinLogW * B] = tot.mn;
+    st[kStatMaxLogW * B] = tot.mx;
+    st[kStatBadAdv * B] = (tot.flags & 2u) ? 1.0 : 0.0;
+    st[kStatBadWeights * B] = (tot.flags & 4u) ? 1.0 : 0.0;
+    st[kStatBadLogp * B] = st[kStatBadOldLogp * B] = 0.0;
     p.row_loss[row] = tot.loss;
   }
   if (s_flags & 1u) {  // some logp - old_logp is not finite: name the input(s), as ctpo.check_finite does
@@ -274,10 +275,11 @@ __global__ void __launch_bounds__(kBlock) policy_loss_fwd_kernel(const FwdParams
       if (!isfinite(static_cast<double>(widen(lp[j])))) f |= 1u;
       if (!isfinite(static_cast<double>(widen(ol[j])))) f |= 2u;
     }
-    f = __syncthreads_or(f & 1u) | (__syncthreads_or(f & 2u) ? 2u : 0u);
+    const int bad_lp = __syncthreads_or(static_cast<int>(f & 1u));
+    const int bad_ol = __syncthreads_or(static_cast<int>(f & 2u));
     if (threadIdx.x == 0) {
-      st[kStatBadLogp] = (f & 1u) ? 1.0 : 0.0;
-      st[kStatBadOldLogp] = (f & 2u) ? 1.0 : 0.0;
+      st[kStatBadLogp * B] = bad_lp ? 1.0 : 0.0;
+      st[kStatBadOldLogp * B] = bad_ol ? 1.0 : 0.0;
     }
   }
   // this row's slots of the quantile sample: flat positions q * stride inside the row
@@ -290,7 +292,7 @@ __global__ void __launch_bounds__(kBlock) policy_loss_fwd_kernel(const FwdParams
   }
 }
 
-// one block: nearest-rank quantiles (k = max(1, ceil(q / 100 * n))) of the sampled mask tokens' log w; the first
+// one block: the batch totals of the per-row statistics (in row order: deterministic), and the nearest-rank quantiles (k = max(1, ceil(q / 100 * n))) of the sampled mask tokens' log w; the first
 // kFallbackSample mask tokens in flat order where the sample holds none; 0 without tokens
 template <typename C>
 __global__ void __launch_bounds__(kBlock) quantile_kernel(const FwdParams p) {
@@ -305,6 +307,17 @@ __global__ void __launch_bounds__(kBlock) quantile_kernel(const FwdParams p) {
   __shared__ typename Scan::TempStorage scan_storage;
   __shared__ int s_n;
   C* vals = sm.vals;
+  if (threadIdx.x < kNumStats) {
+    const int c = threadIdx.x;
+    const double* x = p.stats + c * p.B;
+    double v = c == kStatMinLogW ? INFINITY : (c == kStatMaxLogW ? -INFINITY : 0.0);
+    for (int64_t i = 0; i < p.B; ++i) {
+      if (c == kStatMinLogW) v = x[i] < v ? x[i] : v;
+      else if (c == kStatMaxLogW) v = x[i] > v ? x[i] : v;
+      else v += x[i];
+    }
+    p.totals[c] = v;
+  }
   const C* sv = static_cast<const C*>(p.sample_v);
   const C nan = static_cast<C>(NAN);  // sorts after every number: the invalid slots go last
   int mine = 0;

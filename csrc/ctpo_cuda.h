@@ -30,8 +30,8 @@ struct FwdParams {
   int64_t sample_stride;
   // outputs: loss, log_w contiguous (B, T) in the compute dtype (float64 if logp is float64, else float32);
   // clipped (B, T) bool; pass_bits (B, bits_rs) bytes, bits_rs = 4 * ceil(T / 32): bit j of a row (byte j / 8,
-  // bit j % 8) says whether d loss_j / d logp_j = loss_j (else 0); row_loss (B,) float64; stats (B, kNumStats)
-  // float64; log_w_q (3,) compute dtype
+  // bit j % 8) says whether d loss_j / d logp_j = loss_j (else 0); row_loss (B,) float64; stats (kNumStats, B)
+  // float64; totals (kNumStats,) float64; log_w_q (3,) compute dtype
   void* loss;
   void* log_w;
   bool* clipped;
@@ -39,6 +39,7 @@ struct FwdParams {
   int64_t bits_rs;
   double* row_loss;
   double* stats;
+  double* totals;
   void* log_w_q;
   // scratch: the quantile sample, sample_n = ceil(B * T / sample_stride) <= 4096 slots
   void* sample_v;  // compute dtype

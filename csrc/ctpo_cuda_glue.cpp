@@ -24,7 +24,7 @@ static ctpo_cuda::DType dtype_tag(at::ScalarType t) {
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> policy_loss_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> policy_loss_cuda(
     const at::Tensor& logp, const at::Tensor& old_logp, const at::Tensor& adv, const at::Tensor& mask,
     const std::optional<at::Tensor>& rollout_is_weights, int64_t ratio, double lower, double upper, double dual, double power,
     double delta_max, double log_w_max, int64_t sample_stride) {
@@ -42,14 +42,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   at::Tensor clipped = at::empty(logp.sizes(), logp.options().dtype(at::kBool));
   at::Tensor bits = at::empty({B, pass_bits_bytes(T)}, logp.options().dtype(at::kByte));
   at::Tensor row_loss = at::zeros({B}, logp.options().dtype(at::kDouble));
-  at::Tensor stats = at::zeros({B, ctpo_layout::kNumStats}, logp.options().dtype(at::kDouble));
+  at::Tensor stats = at::zeros({ctpo_layout::kNumStats, B}, logp.options().dtype(at::kDouble));
+  at::Tensor totals = at::zeros({ctpo_layout::kNumStats}, logp.options().dtype(at::kDouble));
   at::Tensor q = at::zeros({3}, opts);
   if (B == 0 || T == 0) {  // rows without tokens: zero sums, empty min / max
-    if (B > 0) {
-      stats.select(1, ctpo_layout::kStatMinLogW).fill_(std::numeric_limits<double>::infinity());
-      stats.select(1, ctpo_layout::kStatMaxLogW).fill_(-std::numeric_limits<double>::infinity());
-    }
-    return {loss, row_loss, lw, clipped, bits, stats, q};
+    stats.select(0, ctpo_layout::kStatMinLogW).fill_(std::numeric_limits<double>::infinity());
+    stats.select(0, ctpo_layout::kStatMaxLogW).fill_(-std::numeric_limits<double>::infinity());
+    totals.select(0, ctpo_layout::kStatMinLogW).fill_(std::numeric_limits<double>::infinity());
+    totals.select(0, ctpo_layout::kStatMaxLogW).fill_(-std::numeric_limits<double>::infinity());
+    return {loss, row_loss, lw, clipped, bits, stats, totals, q};
   }
   at::Tensor sample_v = at::empty({sample_n}, opts), sample_m = at::empty({sample_n}, logp.options().dtype(at::kByte));
 
@@ -85,13 +86,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   p.bits_rs = bits.size(1);
   p.row_loss = row_loss.mutable_data_ptr<double>();
   p.stats = stats.mutable_data_ptr<double>();
+  p.totals = totals.mutable_data_ptr<double>();
   p.log_w_q = q.mutable_data_ptr();
   p.sample_v = sample_v.mutable_data_ptr();
   p.sample_m = sample_m.mutable_data_ptr<uint8_t>();
   p.sample_n = sample_n;
   const cudaError_t err = ctpo_cuda::policy_loss_forward(p, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "ctpo::policy_loss: CUDA kernel launch failed: ", cudaGetErrorString(err));
-  return {loss, row_loss, lw, clipped, bits, stats, q};
+  return {loss, row_loss, lw, clipped, bits, stats, totals, q};
 }
 
 at::Tensor policy_loss_backward_cuda(const std::optional<at::Tensor>& grad_loss, const std::optional<at::Tensor>& grad_row_loss,

@@ -7,7 +7,8 @@ namespace ctpo_layout {
 // `ratio` argument of ctpo::policy_loss (ctpo_ext.RATIO_CODES)
 enum Ratio : int { kToken = 0, kSequence = 1, kGspo = 2, kCumulative = 3, kCumulativeGeomean = 4 };
 
-// columns of `stats` (B, kNumStats) float64, one row per sequence (ctpo_ext.STATS)
+// rows of `stats` (kNumStats, B) float64, one column per sequence, and entries of `totals` (kNumStats,), the
+// batch's (ctpo_ext.STATS)
 enum Stat : int {
   kStatTokens = 0,  // mask tokens
   kStatHigh = 1,  // clipped high (A > 0, log w above the upper bound)
@@ -15,8 +16,8 @@ enum Stat : int {
   kStatDual = 3,  // dual-clipped (A < 0, above the dual cap)
   kStatClipped = 4,  // any of the three (low and dual can coincide)
   kStatSumW = 5,  // sum of exp(log w) over mask tokens
-  kStatMinLogW = 6,  // min of log w over mask tokens (+inf for a row without any)
-  kStatMaxLogW = 7,  // max (-inf for a row without any)
+  kStatMinLogW = 6,  // min of log w over mask tokens (+inf without any); totals: the min over rows
+  kStatMaxLogW = 7,  // max (-inf without any); totals: the max over rows
   kStatBadLogp = 8,  // 1 if logp is NaN or inf at a mask=1 position of the row, else 0
   kStatBadOldLogp = 9,  // same for old_logp
   kStatBadAdv = 10,  // same for the advantages
