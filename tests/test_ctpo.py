@@ -399,9 +399,10 @@ def test_bad_names_are_errors():
         ctpo.policy_loss(*args, clip_c=-1.0)
 
 
-def test_ext_backend_on_a_method_without_kernel_says_why():
-    with pytest.raises(RuntimeError, match="cumulative"):
-        ctpo.policy_loss(*_ok(), method="grpo", backend="ext")
+def test_ext_backend_on_a_form_without_kernel_says_why():
+    # every method has a kernel (issue 9); the no-stop-gradient teaching form does not
+    with pytest.raises(RuntimeError, match="stop-gradient form only"):
+        ctpo.policy_loss(*_ok(), method="grpo", backend="ext", stop_gradient=False)
 
 
 # -----------------------------------------------------------------------------
