@@ -654,7 +654,8 @@ def policy_loss(
                 clip_low, clip_high, clip_c, power, eps_low, eps_high, dual_c, geomean, stop_gradient,
                 delta_max, log_w_max, ratio, clip
     agg, num_tokens, num_seqs, loss_scale_factor: see `aggregate` (verl's loss_agg_mode names)
-    backend:    python (this file) | ext (the fused C++/CUDA op) | auto (ext if it builds, else python)
+    backend:    python (this file) | ext (the fused C++/CUDA op: every method, stop-gradient form only; its
+                metrics dict computes metrics["t"] on first access) | auto (ext if it builds, else python)
     ref_logp, beta: optional k3 KL penalty to a frozen reference policy (paper: beta = 0)
     rollout_is_weights: optional (B, T) >= 0 weights multiplying each token's loss (verl's name: truncated
                 importance weights between the inference engine's and the trainer's log-probs)
