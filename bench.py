@@ -287,7 +287,8 @@ def print_e2e(rows, file=sys.stdout):
     print("\nend to end: ctpo.policy_loss(...) forward + backward with default metrics (medians, ms)", file=file)
     head = (
         f"{'method':>8} {'B':>4} {'T':>6} {'dtype':>8} | {'python':>8} {'compile':>8} {'ext':>7} {'bare op':>7} | "
-        f"{'ext x py':>8} {'x comp':>6} {'ext/bare':>8} | {'min: ext':>8} {'bare':>6} {'ratio':>5} | {'diff grad':>9} {'clips ==':>8} {'noise':>5}"
+        f"{'ext x py':>8} {'x comp':>6} {'ext/bare':>8} | {'min: ext':>8} {'bare':>6} {'ratio':>5} | "
+        f"{'diff grad':>9} {'clips ==':>8} {'noise':>5}"
     )
     print(head, file=file)
     print("-" * len(head), file=file)
