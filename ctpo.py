@@ -586,14 +586,14 @@ def log_w_quantiles(log_w, mask):
 
 
 @torch.no_grad()
-def loss_metrics(log_w, t, mask, flags):
+def loss_metrics(log_w, mask, flags):
     """Clip fractions (high / low / dual, paper directions), weight statistics, per-position data.
 
     The per-token data are reduced to a few sums first (the fused kernel returns the same sums per row, and
     `metrics_from_sums` finishes both backends' metrics): n_tokens, clip counts (0-dim int64), clip fractions,
     ratio_mean / min / max and the ratio quantiles ratio_q10 / q50 / q90 (`log_w_quantiles`: exact up to 4096
     positions, a strided subsample beyond), float32; all 1 (on-policy) without tokens. Per-token (B, T) data
-    for plots against the position t (the paper's Figure 1): log_w, t (long), clipped (bool).
+    for plots against the position t = response_position(mask) (the paper's Figure 1): log_w, clipped (bool).
     """
     high, low, dual = flags
     inf = torch.tensor(float("inf"), dtype=log_w.dtype, device=log_w.device)
@@ -604,7 +604,7 @@ def loss_metrics(log_w, t, mask, flags):
     sum_w = torch.where(mask, torch.exp(log_w.float()), 0.0).sum()  # the importance weights actually used
     counts = (mask.sum(), high.sum(), low.sum(), dual.sum(), (high | low | dual).sum())
     m = metrics_from_sums(torch.stack(counts), sum_w, lw_min, lw_max, log_w_quantiles(log_w, mask))
-    m["log_w"], m["t"], m["clipped"] = log_w.detach(), t, high | low | dual
+    m["log_w"], m["clipped"] = log_w.detach(), high | low | dual
     return m
 
 
@@ -654,8 +654,8 @@ def policy_loss(
                 clip_low, clip_high, clip_c, power, eps_low, eps_high, dual_c, geomean, stop_gradient,
                 delta_max, log_w_max, ratio, clip
     agg, num_tokens, num_seqs, loss_scale_factor: see `aggregate` (verl's loss_agg_mode names)
-    backend:    python (this file) | ext (the fused C++/CUDA op: every method, stop-gradient form only; its
-                metrics dict computes metrics["t"] on first access) | auto (ext if it builds, else python)
+    backend:    python (this file) | ext (the fused C++/CUDA op: every method, stop-gradient form only)
+                | auto (ext if it builds, else python)
     ref_logp, beta: optional k3 KL penalty to a frozen reference policy (paper: beta = 0)
     rollout_is_weights: optional (B, T) >= 0 weights multiplying each token's loss (verl's name: truncated
                 importance weights between the inference engine's and the trainer's log-probs)
@@ -687,7 +687,7 @@ def policy_loss(
         if rollout_is_weights is not None:  # where, not a product: padding weights may be anything
             loss_tok = torch.where(mask, loss_tok * rollout_is_weights.to(loss_tok.dtype), 0.0)
         loss = aggregate(loss_tok, mask, agg, num_tokens, num_seqs, loss_scale_factor)
-        metrics = loss_metrics(log_w, t, mask, flags)
+        metrics = loss_metrics(log_w, mask, flags)
     if beta != 0:
         # both zeroed on padding (which may hold -inf), so the backward never meets exp() of garbage there
         lp, ref = (torch.where(mask, x.float(), 0.0) for x in (logp, ref_logp))
@@ -744,70 +744,6 @@ def _ext_op_args(cfg):
     return ratio, -cfg["clip_low"], cfg["clip_high"], cfg["clip_c"], cfg["power"]
 
 
-class Metrics(dict):
-    """The ext backend's metrics: a dict whose per-token entry "t" (a (B, T) cumsum the kernel does not write out)
-    is computed on first access, so a training loop that never reads it pays nothing. Every access path (m[k],
-    get, items, values, iteration into dict(m) / {**m}, copy, pop, repr, pickling) sees the computed tensor."""
-
-    def __init__(self, values, lazy):
-        super().__init__(values)
-        self._lazy = dict(lazy)
-        for k in lazy:
-            super().__setitem__(k, None)
-
-    def _resolve(self, k):
-        f = self._lazy.pop(k, None)
-        if f is not None:
-            super().__setitem__(k, f())
-
-    def _resolve_all(self):
-        for k in list(self._lazy):
-            self._resolve(k)
-
-    def __getitem__(self, k):
-        self._resolve(k)
-        return super().__getitem__(k)
-
-    def __setitem__(self, k, v):
-        self._lazy.pop(k, None)
-        super().__setitem__(k, v)
-
-    def __iter__(self):  # not dict's own iterator: then dict(m) and {**m} go through keys() and m[k]
-        return iter(list(super().keys()))
-
-    def get(self, k, default=None):
-        return self[k] if k in self else default
-
-    def pop(self, k, *default):
-        self._resolve(k)
-        return super().pop(k, *default)
-
-    def items(self):
-        self._resolve_all()
-        return super().items()
-
-    def values(self):
-        self._resolve_all()
-        return super().values()
-
-    def copy(self):
-        self._resolve_all()
-        return dict(super().items())
-
-    def __repr__(self):
-        self._resolve_all()
-        return super().__repr__()
-
-    def __eq__(self, other):
-        self._resolve_all()
-        return super().__eq__(other)
-
-    __hash__ = None
-
-    def __reduce__(self):
-        return (dict, (self.copy(),))
-
-
 _EXT_INPUT_NAMES = ((8, "logp", False), (9, "old_logp", False), (10, "advantages", False), (11, "rollout_is_weights", True))
 
 
@@ -831,8 +767,5 @@ def _ext_policy_loss(logp, old_logp, adv, mask, cfg, rollout_is_weights, agg, nu
     # row sums in float64 (the kernel's accumulator): the aggregate is rounded once, to the loss's dtype
     loss = aggregate_rows(row_loss, stats[0], T, agg, num_tokens, num_seqs, loss_scale_factor).to(loss_tok.dtype)
     m = metrics_from_sums(tot[:5], tot[5], tot[6], tot[7], lw_q)  # without tokens: min +inf, max -inf, shown as 1
-    m["log_w"], m["t"], m["clipped"] = log_w, None, clipped  # the Python backend's order; t is filled below
-    if torch.compiler.is_compiling():
-        m["t"] = response_position(mask)
-        return loss, m
-    return loss, Metrics(m, {"t": lambda: response_position(mask)})
+    m["log_w"], m["clipped"] = log_w, clipped
+    return loss, m
