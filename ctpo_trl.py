@@ -171,7 +171,10 @@ class CTPOTrainer(GRPOTrainer):
         if self.aux_loss_enabled:
             raise ValueError("router_aux_loss_coef: the MoE load-balancing loss is not carried over by CTPOTrainer; set it to 0.0")
         self.ctpo_knobs = ctpo_knobs(args)
-        self.ctpo_cfg = ctpo.method_config(args.ctpo_method, **self.ctpo_knobs)
+        self.ctpo_cfg = cfg = ctpo.method_config(args.ctpo_method, **self.ctpo_knobs)
+        # auto: the fused op where it has a kernel (cumulative ratio, adaptive window); python elsewhere, silently
+        fused = (cfg["ratio"], cfg["clip"], cfg["stop_gradient"]) == ("cumulative", "adaptive", True)
+        self.ctpo_backend = "python" if args.ctpo_backend == "auto" and not fused else args.ctpo_backend
         self._warned_on_policy = False
 
     def _normalisation(self, inputs, mask, mode):
@@ -233,7 +236,7 @@ class CTPOTrainer(GRPOTrainer):
             mask,
             method=self.args.ctpo_method,
             agg=agg,
-            backend=self.args.ctpo_backend,
+            backend=self.ctpo_backend,
             rollout_is_weights=is_ratio,
             **counts,
             **self.ctpo_knobs,

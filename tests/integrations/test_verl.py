@@ -1,7 +1,9 @@
 """ctpo_verl against verl 0.9.1 itself: the registry, verl's agg_loss convention, verl's own `vanilla`, the entry point.
 
 Needs verl (requirements-verl.txt, its own venv: verl pins transformers < 5.11, TRL needs more); skipped without it.
-The entry-point test needs this repository installed in that venv: `pip install --no-build-isolation --no-deps -e .`.
+The entry-point test needs this repository installed in that venv: `pip install --no-build-isolation --no-deps -e .`
+(builds the C++ extension), or as .ci/run does without the build: `python setup.py egg_info` and a .pth file with
+the checkout's path in the venv's site-packages (what an editable install amounts to).
 """
 
 import importlib.metadata
@@ -226,7 +228,7 @@ def test_where_vanilla_and_ctpo_grpo_differ_the_log_weight_cap():
 
 def test_entry_point_is_declared_and_loaded_by_import_verl():
     eps = [ep for ep in importlib.metadata.entry_points(group="verl.plugins") if ep.value == "ctpo_verl"]
-    assert eps, "no verl.plugins entry point for ctpo_verl: install this repository (pip install --no-build-isolation --no-deps -e .)"
+    assert eps, "no verl.plugins entry point for ctpo_verl: install this repository (see this file's docstring)"
     # a fresh interpreter that only imports verl (as a Ray worker does) gets the ctpo losses
     code = "import verl\nfrom verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY as R\nprint(sorted(k for k in R if 'ctpo' in k))"
     # cwd="/": ctpo_verl must come from the installed package, not from this checkout
