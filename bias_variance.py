@@ -30,15 +30,17 @@ with w_t from ctpo.py's ratio functions: token r_t, cumulative rho_t, sequence p
 Both formulations target the same vector, the policy gradient grad J = E_pi[sum_t A_t grad log pi]
 (with J = E_pi[R]); we check it against autograd.
 
-Run:  python bias_variance.py                    table + plot (assets/bias_variance.png)
-      python bias_variance.py --json             the same numbers as JSON
+Run:  python bias_variance.py                    table + plot (out-lab/bias_variance.png)
+      python bias_variance.py --json             the same numbers as JSON (no plot)
       python bias_variance.py --mc 100000        plus a Monte Carlo cross-check (sampling from mu)
+      python bias_variance.py --out assets/bias_variance.png   regenerate the README's figure
 """
 
 import argparse
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -469,20 +471,33 @@ def plot(path, V, H, seed, kappas, kappa_default):
 # CLI
 
 
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line on stderr, the same style as every script here; exit status 2
+        message = message[len("argument ") :] if message.startswith("argument ") else message  # '--H: ...' as elsewhere
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--V", type=int, default=3, help="vocabulary size")
-    p.add_argument("--H", type=int, default=5, help="horizon (response length); V^H sequences are enumerated")
-    p.add_argument("--kappa", type=float, default=0.5, help="off-policyness: mu logits = pi logits + kappa * noise")
-    p.add_argument("--seed", type=int, default=0)
+    p = Parser(prog="bias_variance.py", description=__doc__.split("\n\n")[0].strip(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--V", type=int, default=3, help="vocabulary size, >= 2 (default: 3)")
+    p.add_argument("--H", type=int, default=5, help="horizon (response length), >= 1; V^H sequences are enumerated (default: 5)")
+    p.add_argument("--kappa", type=float, default=0.5, help="off-policyness: mu logits = pi logits + kappa * noise (default: 0.5)")
+    p.add_argument("--seed", type=int, default=0, help="draws pi, the noise and the rewards (default: 0)")
     p.add_argument("--json", action="store_true", help="print the numbers as JSON only (no plot)")
     p.add_argument("--mc", type=int, default=0, metavar="N", help="Monte Carlo check with up to N samples from mu (JSON: monte_carlo)")
-    p.add_argument("--plot", default="assets/bias_variance.png", metavar="PATH", help="plot path ('' to skip)")
+    p.add_argument("--out", "--plot", dest="out", default="out-lab/bias_variance.png", metavar="PATH",
+                   help="the plot ('' to skip; --plot is the old name) (default: out-lab/bias_variance.png)")  # fmt: skip
     args = p.parse_args(argv)
+    if args.V < 2:
+        p.error(f"--V: need >= 2 tokens, got {args.V}")
+    if args.H < 1:
+        p.error(f"--H: need a horizon >= 1, got {args.H}")
+    if not math.isfinite(args.kappa):
+        p.error(f"--kappa: need a finite number, got {args.kappa}")
     if args.V**args.H * num_states(args.V, args.H) * args.V > 5e7:
-        p.error(f"V={args.V}, H={args.H}: too many sequences to enumerate densely; keep V^H to a few thousand")
+        p.error(f"--V={args.V}, --H={args.H}: too many sequences to enumerate densely; keep V^H to a few thousand")
     if args.mc == 1 or args.mc < 0:
-        p.error("--mc: need N >= 2 samples for a standard error (0 = off)")
+        p.error(f"--mc: need N >= 2 samples for a standard error (0 = off), got {args.mc}")
 
     toy = make_toy(args.V, args.H, args.kappa, args.seed)
     results = lab(toy)
@@ -497,13 +512,13 @@ def main(argv=None):
     print(format_table(toy, args.kappa, results))
     if mcs:
         print("\n" + format_monte_carlo(results, ladder, mcs))
-    if args.plot:
+    if args.out:
         kappas = sorted(set(DEFAULT_KAPPAS) | {args.kappa})
-        plot(args.plot, args.V, args.H, args.seed, kappas, args.kappa)
-        print(f"\nplot: {args.plot}")
+        plot(args.out, args.V, args.H, args.seed, kappas, args.kappa)
+        print(f"\nplot: {args.out}")
     return results
 
 
 if __name__ == "__main__":
     torch.set_num_threads(1)  # tensors of a few thousand entries: threads cost more than they save
-    main()
+    main(sys.argv[1:])

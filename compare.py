@@ -1,13 +1,29 @@
 """
-Method comparison on the toy: train_tiny.py for each method and seed, then a table and a plot.
+Method comparison on the toy: train_tiny.py for each method and seed, then tables, paired intervals and a plot.
 
-    python compare.py                                           # grpo gspo ctpo ctpo-fixed x seeds 1 2 3
-    python compare.py --methods=grpo,ctpo --seeds=1,2 --out_dir=out-cmp --rl_steps=200   # extra keys go to train_tiny
+    python compare.py                                          # grpo gspo ctpo ctpo-fixed x seeds 1 2 3, out-compare/
+    python compare.py --methods=grpo,ctpo --seeds=1,2 --rl_steps=200      # other --key=value go to train_tiny.py
+    python compare.py config/long.py --seeds=1,2,3,4,5 --out_dir=out-compare-long   # a train_tiny.py config file
+    python compare.py --methods=grpo,ctpo --num_minibatches=1,4,16        # a sweep: a train_tiny.py key given a list
 
-Runs are sequential (each uses every core) in out_dir/<method>-s<seed>/; a run that already has its
-summary.json and the same configuration is reused, so an interrupted comparison continues where it
-stopped (pass --rerun=True to redo them all). Writes out_dir/compare.md (mean +- std over seeds), compare.json and compare.png (held-out
-accuracy and rollout reward against the RL step, mean +- std over seeds).
+Pairing: runs with the same seed share the warm start (the same model init, data and warm-start steps:
+train_tiny.py is deterministic on a given machine), so a method's effect is measured by the paired
+difference reference - method over seeds: its mean and a 95% interval mean +- t(0.975, n - 1) * sd / sqrt(n)
+(Student t, sd with ddof = 1; the t quantile is computed exactly from the regularised incomplete beta
+function, no scipy). The differences are of the gains during RL (after - before: held-out greedy exact
+match in points, held-out sampled reward), equal to the differences of the final values when the warm
+starts match, which compare.json records (paired_warm_start).
+
+Sweep: one train_tiny.py key may be given a comma-separated list (e.g. --num_minibatches=1,4,16, the
+staleness: optimizer steps per rollout, 16 in the paper); every method x seed then runs at every value,
+and the tables and intervals are per value.
+
+Runs are sequential (each uses every core) in out_dir/<method>-s<seed>/ (with a sweep:
+<method>-<key><value>-s<seed>/); a run that already has its summary.json and the same configuration is
+reused, so an interrupted comparison continues where it stopped (--rerun=True redoes them all). Writes
+out_dir/compare.md (the tables), compare.json (the same numbers and every run's summary) and compare.png
+(no sweep: curves, mean +- std over seeds, and the paired intervals; a sweep: gains and paired intervals
+against the swept value).
 """
 
 import json
@@ -17,33 +33,233 @@ import subprocess
 import sys
 import time
 
+import ctpo
 import train_tiny
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+USAGE = "usage: python compare.py [config/NAME.py] [--key=value ...]   (compare.py's keys, and any train_tiny.py key)"
+# compare.py's own keys: default and what it does
+KEYS = {
+    "methods": ("grpo,gspo,ctpo,ctpo-fixed", f"comma-separated methods to run, from {', '.join(sorted(ctpo.METHODS))}"),
+    "seeds": ("1,2,3", "comma-separated integer seeds; runs of one seed share the warm start and are paired"),
+    "reference": ("", "the paired differences are reference - method for every other method ('': ctpo if run, else the first)"),
+    "out_dir": ("out-compare", "the runs, compare.md, compare.json, compare.png"),
+    "rerun": ("False", "True: redo every run, even those whose summary.json has the same configuration"),
+}
+PER_RUN = ("method", "seed", "overwrite", "resume")  # train_tiny.py keys that compare.py sets itself
+# the paired metrics: (name, summary keys after/before, scale, label)
+GAINS = (
+    ("acc_gain", "accuracy_after", "accuracy_before", 100.0, "held-out acc gain (points)"),
+    ("reward_gain", "reward_after", "reward_before", 1.0, "held-out reward gain"),
+)
+
+
+class CompareError(ValueError):
+    """A usage error: main() prints it as one line, 'compare.py: error: ...', and exits with status 2."""
+
+
+# -----------------------------------------------------------------------------
+# arguments
+
+
+def help_text():
+    lines = [USAGE, "", __doc__.strip(), "", "compare.py's keys (--key=default  # what it does):"]
+    for key, (default, comment) in KEYS.items():
+        lines.append(f"    {f'--{key}={default}':<36}  # {comment}")
+    lines += ["", "Every other --key=value is a train_tiny.py key, forwarded to each run (python train_tiny.py --help lists them);"]
+    lines += [f"{', '.join('--' + k for k in PER_RUN)} are set per run by compare.py."]
+    return "\n".join(lines)
 
 
 def parse(argv):
-    opts = {"methods": "grpo,gspo,ctpo,ctpo-fixed", "seeds": "1,2,3", "out_dir": "out-compare", "rerun": "False"}
-    extra = []
+    """Returns (opts, config_files, extra, sweep): compare.py's options, train_tiny.py config files and
+    --key=value arguments to forward, and the sweep (key, [value strings]) or None."""
+    opts = {k: d for k, (d, _) in KEYS.items()}
+    files, extra, sweep = [], [], None
+    tt_keys = ", ".join(k for k in train_tiny.CONFIG_KEYS if k not in PER_RUN and k not in KEYS)
     for arg in argv:
+        if not arg.startswith("-") and arg.endswith(".py"):
+            files.append(arg)
+            continue
         if not arg.startswith("--") or "=" not in arg:
-            raise SystemExit(f"compare.py: error: expected --key=value, got {arg!r}")
+            raise CompareError(f"expected --key=value or a config file (config/NAME.py), got {arg!r}; see --help")
         key, val = arg[2:].split("=", 1)
-        if key in opts:
+        if key in KEYS:
             opts[key] = val
-        elif key in ("out_dir", "method", "seed", "overwrite", "resume"):
-            raise SystemExit(f"compare.py: error: --{key} is set per run by compare.py")
+        elif key in ("method", "seed"):
+            raise CompareError(f"--{key} is set per run by compare.py; use --{key}s=a,b,... to choose the {key}s")
+        elif key in PER_RUN:
+            raise CompareError(f"--{key} is set per run by compare.py (finished runs are reused; --rerun=True redoes them)")
+        elif key in train_tiny.DEFAULTS:
+            default = train_tiny.DEFAULTS[key]
+            if "," in val and isinstance(default, (bool, int, float, str)):  # a list for a scalar key: the sweep axis
+                if sweep is not None:
+                    raise CompareError(f"--{key}: only one key may be swept, and --{sweep[0]} already is")
+                values = val.split(",")
+                if "" in values or len(set(values)) != len(values):
+                    raise CompareError(f"--{key}: expected distinct comma-separated values, got {val!r}")
+                sweep = (key, values)
+            else:
+                extra.append(arg)
         else:
-            extra.append(arg)  # forwarded to train_tiny.py, which checks it
+            raise CompareError(f"unknown key {key!r}; compare.py's keys: {', '.join(KEYS)}; train_tiny.py's keys: {tt_keys}")
     methods = [m for m in opts["methods"].split(",") if m]
-    seeds = [int(s) for s in opts["seeds"].split(",") if s]
-    return methods, seeds, opts["out_dir"], opts["rerun"] == "True", extra
+    bad = [m for m in methods if m not in ctpo.METHODS]
+    if not methods or bad or len(set(methods)) != len(methods):
+        raise CompareError(f"--methods: expected distinct comma-separated names from {sorted(ctpo.METHODS)}, got {opts['methods']!r}")
+    try:
+        seeds = [int(s) for s in opts["seeds"].split(",")]
+    except ValueError:
+        raise CompareError(f"--seeds: expected comma-separated integers, e.g. --seeds=1,2,3, got {opts['seeds']!r}") from None
+    if len(set(seeds)) != len(seeds):
+        raise CompareError(f"--seeds: expected distinct seeds, got {opts['seeds']!r}")
+    reference = opts["reference"] or ("ctpo" if "ctpo" in methods else methods[0])
+    if reference not in methods:
+        raise CompareError(f"--reference: expected one of the methods run ({', '.join(methods)}), got {reference!r}")
+    if opts["rerun"] not in ("True", "False"):
+        raise CompareError(f"--rerun: expected True or False, got {opts['rerun']!r}")
+    if opts["out_dir"] == "":
+        raise CompareError("--out_dir: must not be empty")
+    opts.update(methods=methods, seeds=seeds, reference=reference, rerun=opts["rerun"] == "True")
+    return opts, files, extra, sweep
+
+
+# -----------------------------------------------------------------------------
+# statistics: mean +- std, and the paired 95% interval with an exact Student t quantile
 
 
 def mean_std(xs):
     m = sum(xs) / len(xs)
     s = math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else 0.0
     return m, s
+
+
+def betainc(a, b, x):
+    """Regularised incomplete beta I_x(a, b), by its continued fraction (Lentz; Numerical Recipes' betacf)."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    if x > (a + 1) / (a + b + 2):  # the fraction converges fast on this side only: use the symmetry
+        return 1.0 - betainc(b, a, 1.0 - x)
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)) / a
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    f = d
+    for m in range(1, 10_000):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)), -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            f *= c * d
+        if abs(c * d - 1.0) < 1e-16:
+            break
+    return front * f
+
+
+def t_cdf(x, df):
+    """P(T <= x) for Student's t with df degrees of freedom."""
+    tail = 0.5 * betainc(df / 2.0, 0.5, df / (df + x * x))  # P(T > |x|)
+    return 1.0 - tail if x >= 0 else tail
+
+
+def t_quantile(p, df):
+    """The p-quantile of Student's t (0 < p < 1), by bisection on t_cdf to about 1e-12."""
+    if not 0.0 < p < 1.0 or df <= 0:
+        raise ValueError(f"t_quantile: need 0 < p < 1 and df > 0, got p={p}, df={df}")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        hi *= 2.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if t_cdf(mid, df) < p else (lo, mid)
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return 0.5 * (lo + hi)
+
+
+def paired_interval(diffs, level=0.95):
+    """Mean of the paired differences and its `level` interval (Student t, n - 1 degrees of freedom).
+    Returns {"n", "mean", "sd", "lo", "hi"}; lo and hi are None for n < 2."""
+    n = len(diffs)
+    mean, sd = mean_std(diffs)
+    if n < 2:
+        return {"n": n, "mean": mean, "sd": None, "lo": None, "hi": None}
+    half = t_quantile(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
+    return {"n": n, "mean": mean, "sd": sd, "lo": mean - half, "hi": mean + half}
+
+
+# -----------------------------------------------------------------------------
+# the analysis: runs {(method, seed, value): summary} -> table rows and paired differences
+
+
+def analyse(summaries, methods, seeds, reference, values=(None,)):
+    """summaries[(method, seed, value)] is a run's summary.json (value: the sweep value, None without a sweep).
+    Returns (table, paired): per (value, method) the mean +- std over seeds of the headline numbers; per
+    (value, other method) the paired interval of reference - method for each gain in GAINS."""
+    table, paired = [], []
+    gain = {name: lambda s, a=a, b=b, k=k: k * (s[a] - s[b]) for name, a, b, k, _ in GAINS}
+    for v in values:
+        for method in methods:
+            ss = [summaries[(method, s, v)] for s in seeds]
+            col = lambda key, scale=1.0: mean_std([scale * s[key] for s in ss])  # noqa: E731,B023
+            row = {"value": v, "method": method, "seeds": seeds, "accuracy_before": col("accuracy_before", 100.0)}
+            row.update(accuracy_after=col("accuracy_after", 100.0), acc_gain=mean_std([gain["acc_gain"](s) for s in ss]))
+            row.update(reward_after=col("reward_after"), reward_gain=mean_std([gain["reward_gain"](s) for s in ss]))
+            row.update(train_reward_last10=col("train_reward_last10"), clip_frac=col("clip_frac", 100.0))
+            row.update(mean_response_len=col("mean_response_len"), wall_seconds=col("wall_seconds"))
+            table.append(row)
+        for method in methods:
+            if method == reference:
+                continue
+            entry = {"value": v, "comparison": f"{reference} - {method}", "reference": reference, "method": method}
+            for name, *_ in GAINS:
+                entry[name] = paired_interval(
+                    [gain[name](summaries[(reference, s, v)]) - gain[name](summaries[(method, s, v)]) for s in seeds]
+                )
+            entry["paired_warm_start"] = all(
+                summaries[(reference, s, v)]["accuracy_before"] == summaries[(method, s, v)]["accuracy_before"]
+                and summaries[(reference, s, v)]["reward_before"] == summaries[(method, s, v)]["reward_before"]
+                for s in seeds
+            )
+            paired.append(entry)
+    return table, paired
+
+
+def markdown(table, paired, seeds, sweep_key, note):
+    pm = lambda ms, fmt: f"{ms[0]:{fmt}} +- {ms[1]:{fmt}}"  # noqa: E731
+
+    def ci(d, fmt):
+        if d["lo"] is None:
+            return f"{d['mean']:{fmt}} (n = 1: no interval)"
+        return f"{d['mean']:{fmt}} [{d['lo']:{fmt}}, {d['hi']:{fmt}}]"
+
+    lead = [sweep_key] if sweep_key else []
+    head = lead + ["method", "held-out acc before (%)", "held-out acc after (%)", "gain (points)", "reward after (held-out, sampled)"]
+    head += ["reward gain", "rollout reward, last 10 steps", "clip frac (%)", "mean response (tokens)", "wall time (s)"]
+    title = f"## Sweep over {sweep_key}: mean +- std over seeds {seeds}" if sweep_key else f"## Methods: mean +- std over seeds {seeds}"
+    lines = [title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in table:
+        cells = [str(r["value"])] if sweep_key else []
+        cells += [r["method"], pm(r["accuracy_before"], ".1f"), pm(r["accuracy_after"], ".1f"), pm(r["acc_gain"], ".1f")]
+        cells += [pm(r["reward_after"], ".3f"), pm(r["reward_gain"], ".3f"), pm(r["train_reward_last10"], ".3f")]
+        cells += [pm(r["clip_frac"], ".1f"), pm(r["mean_response_len"], ".1f"), pm(r["wall_seconds"], ".0f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    head = lead + ["paired difference", "seeds", "acc gain (points): mean [95% CI]", "reward gain: mean [95% CI]", "same warm start"]
+    lines += ["", "## Paired by seed: mean difference and 95% interval (Student t over seeds)", ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for p in paired:
+        cells = [str(p["value"])] if sweep_key else []
+        cells += [p["comparison"], str(p["acc_gain"]["n"]), ci(p["acc_gain"], ".1f"), ci(p["reward_gain"], ".3f")]
+        cells.append("yes" if p["paired_warm_start"] else "NO")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + f"\n\n{note}\n"
+
+
+# -----------------------------------------------------------------------------
+# the runs
 
 
 def up_to_date(run_dir, config):
@@ -58,105 +274,151 @@ def up_to_date(run_dir, config):
     return all(json.dumps(done.get(k, train_tiny.DEFAULTS[k])) == json.dumps(v) for k, v in config.items() if k not in skip)
 
 
-def main(argv):
-    methods, seeds, out_dir, rerun, extra = parse(argv)
-    try:  # check every run's arguments before spending minutes on the first one
-        configs = {(m, s): vars(train_tiny.parse_config([f"--method={m}", f"--seed={s}", *extra])) for m in methods for s in seeds}
-    except train_tiny.ConfigError as e:
-        raise SystemExit(f"compare.py: error: {e}") from None
-    os.makedirs(out_dir, exist_ok=True)
-    runs = {}
-    for method in methods:
-        for seed in seeds:
-            run_dir = os.path.join(out_dir, f"{method}-s{seed}")
-            if rerun or not up_to_date(run_dir, configs[(method, seed)]):
-                cmd = [
-                    sys.executable,
-                    os.path.join(HERE, "train_tiny.py"),
-                    f"--method={method}",
-                    f"--seed={seed}",
-                    f"--out_dir={run_dir}",
-                    "--overwrite=True",
-                ]
-                t0 = time.time()
-                print(f"== {method} seed {seed}: {' '.join(cmd[1:] + extra)}", flush=True)
-                with open(os.path.join(out_dir, f"{method}-s{seed}.log"), "w") as log:
-                    r = subprocess.run(cmd + extra, stdout=log, stderr=subprocess.STDOUT)
-                if r.returncode:
-                    raise SystemExit(f"compare.py: {method} seed {seed} failed (exit {r.returncode}); see {log.name}")
-                print(f"   done in {time.time() - t0:.0f}s", flush=True)
-            with open(os.path.join(run_dir, "summary.json")) as f:
-                summary = json.load(f)
-            with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-                rows = [json.loads(line) for line in f]
-            runs[(method, seed)] = (summary, rows)
+def run_name(method, seed, sweep, value):
+    if sweep is None:
+        return f"{method}-s{seed}"
+    return f"{method}-{sweep[0]}{value}-s{seed}".replace(os.sep, "_")
 
-    # ---- table
-    table = []
-    for method in methods:
-        ss = [runs[(method, s)][0] for s in seeds]
-        col = lambda k, scale=1.0: mean_std([scale * s[k] for s in ss])  # noqa: B023
-        table.append(
-            {
-                "method": method,
-                "seeds": seeds,
-                "accuracy_before": col("accuracy_before", 100),
-                "accuracy_after": col("accuracy_after", 100),
-                "gain": mean_std([100 * (s["accuracy_after"] - s["accuracy_before"]) for s in ss]),
-                "reward_after": col("reward_after"),
-                "train_reward_last10": col("train_reward_last10"),
-                "clip_frac": col("clip_frac", 100),
-                "wall_seconds": col("wall_seconds"),
-            }
-        )
-    pm = lambda ms, fmt: f"{ms[0]:{fmt}} +- {ms[1]:{fmt}}"
-    head = ["method", "held-out acc before (%)", "held-out acc after (%)", "gain (points)", "reward after (held-out, sampled)"]
-    head += ["rollout reward, last 10 steps", "clip frac (%)", "wall time (s)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in table:
-        cells = [r["method"], pm(r["accuracy_before"], ".1f"), pm(r["accuracy_after"], ".1f"), pm(r["gain"], ".1f")]
-        cells += [
-            pm(r["reward_after"], ".3f"),
-            pm(r["train_reward_last10"], ".3f"),
-            pm(r["clip_frac"], ".1f"),
-            pm(r["wall_seconds"], ".0f"),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    note = f"mean +- std over seeds {seeds}; extra train_tiny.py arguments: {' '.join(extra) or '(defaults)'}"
-    md = "\n".join(lines) + f"\n\n{note}\n"
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "-h" in argv or "--help" in argv:
+        print(help_text())
+        return None
+    opts, files, extra, sweep = parse(argv)
+    methods, seeds, out_dir = opts["methods"], opts["seeds"], opts["out_dir"]
+    values = sweep[1] if sweep else [None]
+    axis = lambda v: [f"--{sweep[0]}={v}"] if sweep else []  # noqa: E731
+    try:  # check every run's arguments before spending minutes on the first one
+        configs = {
+            (m, s, v): vars(train_tiny.parse_config([*files, f"--method={m}", f"--seed={s}", *extra, *axis(v)]))
+            for m in methods
+            for s in seeds
+            for v in values
+        }
+    except train_tiny.ConfigError as e:
+        raise CompareError(str(e)) from None
+    if sweep:  # the sweep values as their parsed type, for the tables and the plot
+        values = [configs[(methods[0], seeds[0], v)][sweep[0]] for v in values]
+        if len(set(values)) != len(values):
+            raise CompareError(f"--{sweep[0]}: expected distinct values, got {','.join(sweep[1])}")
+        configs = {(m, s, configs[(methods[0], seeds[0], v)][sweep[0]]): c for (m, s, v), c in configs.items()}
+    os.makedirs(out_dir, exist_ok=True)
+    summaries, curves = {}, {}
+    for v in values:
+        for method in methods:
+            for seed in seeds:
+                name = run_name(method, seed, sweep, v)
+                run_dir = os.path.join(out_dir, name)
+                if opts["rerun"] or not up_to_date(run_dir, configs[(method, seed, v)]):
+                    args = [*files, f"--method={method}", f"--seed={seed}", f"--out_dir={run_dir}", "--overwrite=True", *extra, *axis(v)]
+                    t0 = time.time()
+                    print(f"== {name}: python train_tiny.py {' '.join(args)}", flush=True)
+                    with open(os.path.join(out_dir, f"{name}.log"), "w") as log:
+                        r = subprocess.run(
+                            [sys.executable, os.path.join(HERE, "train_tiny.py"), *args], stdout=log, stderr=subprocess.STDOUT
+                        )
+                    if r.returncode:
+                        raise SystemExit(f"compare.py: {name} failed (exit {r.returncode}); see {log.name}")
+                    print(f"   done in {time.time() - t0:.0f}s", flush=True)
+                with open(os.path.join(run_dir, "summary.json")) as f:
+                    summaries[(method, seed, v)] = json.load(f)
+                with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+                    curves[(method, seed, v)] = [json.loads(line) for line in f]
+
+    table, paired = analyse(summaries, methods, seeds, opts["reference"], values)
+    args_note = " ".join([*files, *extra]) or "(defaults)"
+    note = f"seeds {seeds}; train_tiny.py arguments: {args_note}" + (f"; swept: --{sweep[0]}={','.join(map(str, values))}" if sweep else "")
+    md = markdown(table, paired, seeds, sweep[0] if sweep else None, note)
     with open(os.path.join(out_dir, "compare.md"), "w") as f:
         f.write(md)
+    record = {
+        "methods": methods,
+        "seeds": seeds,
+        "reference": opts["reference"],
+        "sweep": {"key": sweep[0], "values": values} if sweep else None,
+        "config_files": files,
+        "extra_args": extra,
+        "table": table,
+        "paired": paired,
+        "runs": {run_name(m, s, sweep, v): summary for (m, s, v), summary in summaries.items()},
+    }
     with open(os.path.join(out_dir, "compare.json"), "w") as f:
-        json.dump({"table": table, "extra_args": extra, "runs": {f"{m}-s{s}": runs[(m, s)][0] for m, s in runs}}, f, indent=2)
+        json.dump(record, f, indent=2)
     print(md)
+    plot(os.path.join(out_dir, "compare.png"), methods, seeds, values, sweep, curves, table, paired)
+    print(f"wrote {out_dir}/compare.md, compare.json, compare.png")
+    return record
 
-    # ---- curves, mean +- std over seeds
+
+# -----------------------------------------------------------------------------
+# the plot
+
+
+def plot(path, methods, seeds, values, sweep, curves, table, paired):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(6.5, 6.2), sharex=True)
-    for k, method in enumerate(methods):
-        for ax, key, scale in ((a1, "acc", 100.0), (a2, "reward", 1.0)):
-            per_seed = [{r["step"]: scale * r[key] for r in runs[(method, s)][1] if key in r} for s in seeds]
-            steps = sorted(set.intersection(*(set(d) for d in per_seed)))
-            if key == "reward":  # smooth the noisy per-step rollout reward over 10 steps
-                per_seed = [{st: sum(d.get(x, d[st]) for x in range(st - 9, st + 1)) / 10 for st in steps} for d in per_seed]
-            ms = [mean_std([d[st] for d in per_seed]) for st in steps]
-            ax.plot(steps, [m for m, _ in ms], color=f"C{k}", label=method, lw=1.4)
-            ax.fill_between(steps, [m - s for m, s in ms], [m + s for m, s in ms], color=f"C{k}", alpha=0.15)
-    a1.set_ylabel("held-out exact match, greedy (%)")
-    a1.set_title(f"sort toy: mean +- std over seeds {seeds}", fontsize=10)
-    a1.legend(fontsize=8, loc="upper left")
-    a1.grid(alpha=0.3)
-    a2.set_ylabel("rollout reward (10-step mean)")
-    a2.set_xlabel("RL step")
-    a2.grid(alpha=0.3)
+    def errbar(ax, x, d, **kw):  # a paired interval; a dot alone when n = 1
+        if d["lo"] is None:
+            ax.plot([x], [d["mean"]], "o", **kw)
+        else:
+            ax.errorbar([x], [d["mean"]], yerr=[[d["mean"] - d["lo"]], [d["hi"] - d["mean"]]], fmt="o", capsize=3, **kw)
+
+    if sweep is None:
+        fig, (a1, a2, a3) = plt.subplots(3, 1, figsize=(6.5, 8.6))
+        for k, method in enumerate(methods):
+            for ax, key, scale in ((a1, "acc", 100.0), (a2, "reward", 1.0)):
+                per_seed = [{r["step"]: scale * r[key] for r in curves[(method, s, None)] if key in r} for s in seeds]
+                steps = sorted(set.intersection(*(set(d) for d in per_seed)))
+                if key == "reward":  # smooth the noisy per-step rollout reward over 10 steps
+                    per_seed = [{st: sum(d.get(x, d[st]) for x in range(st - 9, st + 1)) / 10 for st in steps} for d in per_seed]
+                ms = [mean_std([d[st] for d in per_seed]) for st in steps]
+                ax.plot(steps, [m for m, _ in ms], color=f"C{k}", label=method, lw=1.4)
+                ax.fill_between(steps, [m - s for m, s in ms], [m + s for m, s in ms], color=f"C{k}", alpha=0.15)
+        a1.set_ylabel("held-out exact match, greedy (%)")
+        a1.set_title(f"sort toy: mean +- std over seeds {seeds}", fontsize=10)
+        a1.legend(fontsize=8, loc="upper left")
+        a2.set_ylabel("rollout reward (10-step mean)")
+        a2.set_xlabel("RL step")
+        for i, p in enumerate(paired):
+            errbar(a3, i, p["acc_gain"], color=f"C{methods.index(p['method'])}")
+        a3.set_xticks(range(len(paired)), [p["comparison"] for p in paired], fontsize=8)
+        a3.set_ylabel("paired diff, acc gain (points)")
+        a3.set_title("reference - method, paired by seed: mean and 95% interval", fontsize=9)
+        a3.axhline(0, color="gray", lw=0.8)
+        for ax in (a1, a2, a3):
+            ax.grid(alpha=0.3)
+    else:
+        key = sweep[0]
+        fig, (a1, a2) = plt.subplots(2, 1, figsize=(6.5, 6.6), sharex=True)
+        pos = {v: i for i, v in enumerate(values)}  # the values as evenly spaced categories (they may be 1, 4, 16 or strings)
+        for k, method in enumerate(methods):
+            rows = [r for r in table if r["method"] == method]
+            x = [pos[r["value"]] + 0.06 * (k - len(methods) / 2) for r in rows]
+            a1.errorbar(x, [r["acc_gain"][0] for r in rows], yerr=[r["acc_gain"][1] for r in rows], fmt="o-", capsize=3, color=f"C{k}",
+                        label=method)  # fmt: skip
+            for p in (p for p in paired if p["method"] == method):
+                errbar(a2, pos[p["value"]] + 0.06 * (k - len(methods) / 2), p["acc_gain"], color=f"C{k}")
+        a1.set_ylabel("held-out acc gain (points)\nmean +- std over seeds")
+        a1.set_title(f"sweep over {key}, seeds {seeds}", fontsize=10)
+        a1.legend(fontsize=8)
+        a2.set_ylabel("paired diff, acc gain (points)\nreference - method, 95% CI")
+        a2.axhline(0, color="gray", lw=0.8)
+        a2.set_xticks(range(len(values)), [str(v) for v in values])
+        a2.set_xlabel(key)
+        for ax in (a1, a2):
+            ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "compare.png"), dpi=90)
-    print(f"wrote {out_dir}/compare.md, compare.json, compare.png")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main()
+    except CompareError as e:
+        print(f"compare.py: error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,5 +1,5 @@
 """
-A toy RL run that learns in minutes on a CPU: supervised warm start, then CTPO (or GRPO, GSPO, ...).
+A toy RL run that learns in about a minute on a CPU: supervised warm start, then CTPO (or GRPO, GSPO, ...).
 
 The task: sort a string of 16-20 random digits. The prompt is the digits, left-padded with '.' to a
 fixed width and closed by '='; the answer is the same digits in ascending order, then the end token
@@ -12,8 +12,10 @@ Run it (defaults: about a minute on an idle 2-core CPU; the README has the measu
 
     python train_tiny.py                                   # CTPO, outputs in out-tiny/
     python train_tiny.py --method=grpo --out_dir=out-grpo  # any --key=value below overrides a default
+    python train_tiny.py config/long.py                    # a config file sets the defaults it changes
     python train_tiny.py --out_dir=out-tiny --resume=True --rl_steps=300   # continue a run exactly
     torchrun --standalone --nproc_per_node=2 train_tiny.py # DDP: rollouts sharded over the ranks
+    python train_tiny.py --help                            # every config key, its default and what it does
 
 Phase 1 (warm start): a short supervised run, deliberately stopped early, so that greedy accuracy is
 imperfect but not hopeless. Phase 2 (RL): every step samples group_size completions for each of
@@ -23,16 +25,20 @@ every mini-batch after the first is off-policy, so the importance ratios and the
 
 Outputs in out_dir: metrics.jsonl (a row per RL step, with per-position log-ratio and clip sums for
 figure1.py), summary.json, train.png, ckpt.pt (written atomically; --resume=True continues from it
-with the same RNG state, and appends to metrics.jsonl without duplicating rows).
+with the same RNG state, and appends to metrics.jsonl without duplicating rows). Other files in
+out_dir (a log you redirect there, notes) are never touched.
 """
 
 import ast
+import io
 import json
 import math
 import os
 import random
 import sys
 import time
+import tokenize
+import types
 from types import SimpleNamespace
 
 import torch
@@ -43,10 +49,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import ctpo
 
 # -----------------------------------------------------------------------------
-# default config values; every one can be overridden as --key=value (nanoGPT style, type-checked)
+# default config values; every one can be overridden by a config file or as --key=value (nanoGPT style, type-checked)
 # I/O
-out_dir = "out-tiny"  # all outputs go here
-overwrite = False  # True: delete this script's previous outputs in out_dir first (else a non-empty out_dir is an error)
+out_dir = "out-tiny"  # all outputs go here (other files in it are left alone)
+overwrite = False  # True: delete this script's previous outputs in out_dir first (else they are an error)
 resume = False  # True: continue from out_dir/ckpt.pt (rl_steps and the I/O keys may change, the rest must match)
 eval_interval = 25  # evaluate held-out greedy accuracy every this many RL steps (and at the start and end)
 ckpt_interval = 50  # write ckpt.pt every this many RL steps (and at the end); 0: only at the end
@@ -60,9 +66,9 @@ partial_credit = 0.5  # reward = (1 - partial_credit) * exact_match + partial_cr
 eval_size = 512  # held-out prompts (greedy exact match)
 eval_seed = 2605  # the held-out split is fixed by this seed, whatever the run's seed; training never sees it
 # model (ctpo.GPT)
-n_layer = 2
-n_head = 4
-n_embd = 64
+n_layer = 2  # transformer blocks
+n_head = 4  # attention heads
+n_embd = 64  # embedding width
 # phase 1: supervised warm start
 sft_steps = 150  # deliberately short: the policy should come out imperfect
 sft_batch = 64  # sequences per step
@@ -76,7 +82,8 @@ n_prompts = 16  # prompts per rollout (over all ranks)
 group_size = 8  # completions per prompt (G); the advantage is relative to the group
 num_minibatches = 4  # optimizer steps per epoch over one rollout; all but the first are off-policy
 ppo_epochs = 1  # passes over each rollout
-lr = 1e-4  # Adam, constant after a linear warmup
+optimizer = "adam"  # adam | sgd (Adam: betas (0.9, 0.999), eps 1e-8; sgd: the update is exactly -lr * grad)
+lr = 1e-4  # RL learning rate, constant after a linear warmup
 lr_warmup = 10  # RL steps of linear warmup (a fresh Adam's first steps are sign-like: +-lr on every weight)
 temperature = 0.5  # sampling temperature, also used by the log-probs in the loss; below 1 so that exploration
 #                   goes to the genuinely uncertain tokens, not to noise on 19 confident ones (T = 1 barely learns)
@@ -92,38 +99,124 @@ CONFIG_KEYS = [
 ]
 DEFAULTS = {k: globals()[k] for k in CONFIG_KEYS}
 RESUME_MAY_CHANGE = {"out_dir", "overwrite", "resume", "eval_interval", "ckpt_interval", "n_mistakes", "rl_steps", "backend", "device"}
-OUTPUTS = ("metrics.jsonl", "summary.json", "train.png", "ckpt.pt", "ckpt.pt.tmp")
+OUTPUTS = ("metrics.jsonl", "summary.json", "train.png", "ckpt.pt", "ckpt.pt.tmp")  # all this script ever writes in out_dir
+OPTIMIZERS = ("adam", "sgd")
+USAGE = "usage: python train_tiny.py [config/NAME.py] [--key=value ...]"
 
 
 class ConfigError(ValueError):
-    pass
+    """A usage error: main() prints it as one line, 'train_tiny.py: error: ...', and exits with status 2."""
 
 
-def parse_config(argv):
-    """--key=value overrides of the defaults above; values are Python literals (strings may be bare)."""
-    cfg = dict(DEFAULTS)
+def split_argv(argv):
+    """Config files (arguments ending in .py, not starting with '-') and --key=value arguments, in order."""
+    files, keys = [], []
     for arg in argv:
-        if not arg.startswith("--") or "=" not in arg:
-            raise ConfigError(f"expected --key=value, got {arg!r}")
+        if not arg.startswith("-") and arg.endswith(".py"):
+            files.append(arg)
+        elif arg.startswith("--") and "=" in arg:
+            keys.append(arg)
+        else:
+            raise ConfigError(f"expected --key=value or a config file (config/NAME.py), got {arg!r}; see --help")
+    return files, keys
+
+
+def typed(key, value, where):
+    """value with the default's type: ints pass for floats and lists for tuples; anything else is an error."""
+    default = DEFAULTS[key]
+    if isinstance(default, float) and type(value) is int:
+        value = float(value)
+    if isinstance(default, tuple) and isinstance(value, list):
+        value = tuple(value)
+    if type(value) is not type(default):
+        raise ConfigError(
+            f"{where}: expected {type(default).__name__} (like the default {default!r}), got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def read_config_file(path):
+    """The assignments of a config file (plain Python, run in its own namespace, nanoGPT style): {key: value}."""
+    try:
+        with open(path) as f:
+            src = f.read()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror})") from None
+    ns = {}
+    try:
+        exec(compile(src, path, "exec"), ns)
+    except Exception as e:  # a syntax or runtime error in the user's file: one line, with the file and line
+        where = f"{path}:{e.lineno}" if isinstance(e, SyntaxError) else path
+        raise ConfigError(f"{where}: {type(e).__name__}: {e}") from None
+    out = {}
+    for key, value in ns.items():
+        if key.startswith("_") or isinstance(value, types.ModuleType):  # __builtins__, helpers, `import math`
+            continue
+        if key not in DEFAULTS:
+            raise ConfigError(f"{path}: unknown config key {key!r}; valid keys: {', '.join(CONFIG_KEYS)}")
+        out[key] = typed(key, value, f"{path}: {key}")
+    return out
+
+
+def parse_config(argv, check=True):
+    """Defaults, then each config file in order, then the --key=value overrides (values are Python
+    literals; strings may be bare). Returns a SimpleNamespace of every config key."""
+    files, keys = split_argv(argv)
+    cfg = dict(DEFAULTS)
+    for path in files:
+        cfg.update(read_config_file(path))
+    for arg in keys:
         key, val = arg[2:].split("=", 1)
         if key not in cfg:
             raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(CONFIG_KEYS)}")
-        default = DEFAULTS[key]
         try:
             value = ast.literal_eval(val)
         except (ValueError, SyntaxError):
             value = val  # a bare string such as --method=grpo
-        if isinstance(default, float) and type(value) is int:
-            value = float(value)
-        if isinstance(default, tuple) and isinstance(value, list):
-            value = tuple(value)
-        if type(value) is not type(default):
-            raise ConfigError(
-                f"--{key}: expected {type(default).__name__} (like the default {default!r}), got {type(value).__name__} {value!r}"
-            )
-        cfg[key] = value
-    check_config(cfg)
+        cfg[key] = typed(key, value, f"--{key}")
+    if check:
+        check_config(cfg)
     return SimpleNamespace(**cfg)
+
+
+def config_comments():
+    """{key: comment} and the section headers of the config block above, read from this file's source."""
+    with open(os.path.abspath(__file__)) as f:
+        src = f.read()
+    block = src.split("# default config values", 1)[1].split("\n# ---", 1)[0]
+    lines, out, key = block.split("\n")[1:], [], None  # out: ("section", text) or ("key", name, comment)
+    comments = {
+        tok.start[0]: tok.string for tok in tokenize.generate_tokens(io.StringIO("\n".join(lines)).readline) if tok.type == tokenize.COMMENT
+    }
+    for i, line in enumerate(lines, start=1):
+        text = comments.get(i, "#")[1:]
+        if line.startswith("#") and text.startswith("  ") and key:  # a comment continued on the next line
+            out[-1] = ("key", key, out[-1][2] + " " + text.strip())
+        elif line.startswith("#"):
+            out.append(("section", text.strip()))
+        elif "=" in line:
+            key = line.split("=", 1)[0].strip()
+            out.append(("key", key, text.strip()))
+    return out
+
+
+def help_text(cfg):
+    """The usage line, what the script does, and every config key with its value in cfg and its comment."""
+    lines = [USAGE, "", __doc__.strip().split("\n\n")[0], ""]
+    lines += [
+        "A config file is Python assignments of the keys below (as config/long.py); it sets the defaults it changes,",
+        "and --key=value arguments win over it. Values are Python literals (strings may be bare) of the default's type.",
+        "",
+        "config keys (--key=default  # what it does):",
+    ]
+    for item in config_comments():
+        if item[0] == "section":
+            lines.append(f"  # {item[1]}")
+        else:
+            _, key, comment = item
+            arg = f"--{key}={cfg[key]!r}"
+            lines.append(f"    {arg:<28}  # {comment}" if comment else f"    {arg}")
+    return "\n".join(lines)
 
 
 def check_config(c, world_size=1):
@@ -139,10 +232,11 @@ def check_config(c, world_size=1):
         raise ConfigError(f"--loss_kwargs: {e}") from None
     need(c["agg"] in ctpo.AGGS, f"--agg: expected one of {list(ctpo.AGGS)}, got {c['agg']!r}")
     need(c["device"] in ("auto", "cpu", "cuda"), f"--device: expected auto, cpu or cuda, got {c['device']!r}")
+    need(c["optimizer"] in OPTIMIZERS, f"--optimizer: expected one of {list(OPTIMIZERS)}, got {c['optimizer']!r}")
     need(c["out_dir"] != "", "--out_dir: must not be empty")
     need(
-        1 <= c["min_digits"] <= c["max_digits"] <= 40,
-        f"--min_digits/--max_digits: need 1 <= min <= max <= 40, got {c['min_digits']}, {c['max_digits']}",
+        1 <= c["min_digits"] <= c["max_digits"] <= 256,
+        f"--min_digits/--max_digits: need 1 <= min <= max <= 256, got {c['min_digits']}, {c['max_digits']}",
     )
     need(0.0 <= c["partial_credit"] <= 1.0, f"--partial_credit: need a value in [0, 1], got {c['partial_credit']}")
     need(c["group_size"] >= 2, f"--group_size: need >= 2 (the advantage is relative to the group), got {c['group_size']}")
@@ -151,7 +245,7 @@ def check_config(c, world_size=1):
     for k in ("rl_steps", "sft_steps", "ckpt_interval", "n_mistakes", "lr_warmup"):
         need(c[k] >= 0, f"--{k}: need >= 0, got {c[k]}")
     for k in ("lr", "sft_lr", "temperature"):
-        need(c[k] > 0, f"--{k}: need > 0, got {c[k]}")
+        need(c[k] > 0 and math.isfinite(c[k]), f"--{k}: need a finite value > 0, got {c[k]}")
     need(c["grad_clip"] >= 0, f"--grad_clip: need >= 0, got {c['grad_clip']}")
     need(c["n_embd"] % c["n_head"] == 0, f"--n_embd: need a multiple of n_head={c['n_head']}, got {c['n_embd']}")
     fw = c["fixed_window"]
@@ -366,11 +460,17 @@ def plot_run(rows, path, title):
 
 
 # -----------------------------------------------------------------------------
-# the run
+# the run, in the order it happens: setup; warm start (or resume); then every RL step: rollout, update,
+# bookkeeping (reduce over ranks, one metrics row), evaluation, checkpoint; finally the summary
 
 
 def main(argv=None):
-    C = parse_config(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "-h" in argv or "--help" in argv:  # the keys with the defaults that the given config files set
+        print(help_text(vars(parse_config([a for a in argv if a not in ("-h", "--help")], check=False))))
+        return None
+    C = parse_config(argv)
+    config_files = split_argv(argv)[0]
     t_start = time.time()
     torch.set_flush_denormal(True)  # near-converged weights and Adam moments go subnormal: 30x slower on a CPU
 
@@ -389,7 +489,7 @@ def main(argv=None):
     if device_type == "cuda":
         torch.cuda.set_device(device)
     try:
-        result = run(C, rank, world, device, ddp, t_start)
+        result = run(C, rank, world, device, ddp, t_start, config_files)
         if ddp:
             dist.barrier()  # leave together: a rank that tears gloo down while rank 0 still writes can abort
         return result
@@ -398,27 +498,9 @@ def main(argv=None):
             dist.destroy_process_group()
 
 
-def run(C, rank, world, device, ddp, t_start):
-    # ---- the loss backend: fail now (ext missing, or a method it does not cover), not after the warm start
-    try:
-        z, on = torch.zeros(1, 2, device=device), torch.ones(1, 2, dtype=torch.bool, device=device)
-        backend_used = ctpo.policy_loss(z, z, z[:, 0], on, method=C.method, backend=C.backend, **C.loss_kwargs)[1]["backend"]
-    except RuntimeError as e:
-        raise ConfigError(f"--backend={C.backend}: {e}") from None
-
-    # ---- out_dir: never clobber a previous run silently (every rank checks, before rank 0 touches anything)
-    ckpt_path, metrics_path = os.path.join(C.out_dir, "ckpt.pt"), os.path.join(C.out_dir, "metrics.jsonl")
-    if not (C.overwrite or C.resume) and os.path.isdir(C.out_dir) and os.listdir(C.out_dir):
-        raise ConfigError(f"--out_dir: {C.out_dir!r} is not empty; pass --resume=True to continue it or --overwrite=True to replace it")
-    if C.resume and not os.path.exists(ckpt_path):
-        raise ConfigError(f"--resume: no checkpoint at {ckpt_path}")
-    if ddp:
-        dist.barrier()
-    if rank == 0:
-        os.makedirs(C.out_dir, exist_ok=True)
-        for name in OUTPUTS if C.overwrite else ():
-            if os.path.exists(os.path.join(C.out_dir, name)):
-                os.remove(os.path.join(C.out_dir, name))
+def run(C, rank, world, device, ddp, t_start, config_files=()):
+    backend_used = check_backend(C, device)
+    ckpt_path, metrics_path = prepare_out_dir(C, rank, ddp)
 
     # ---- held-out split (fixed), generators, model
     torch.manual_seed(C.seed)  # the same init on every rank (DDP also broadcasts rank 0's)
@@ -427,169 +509,49 @@ def run(C, rank, world, device, ddp, t_start):
     heldout = {tuple(r) for r in eval_prompts.tolist()}
     rank_seed = C.seed if C.ddp_union_batch else C.seed + 1000 * rank  # ranks draw different data unless testing
     gens = {"data": torch.Generator().manual_seed(rank_seed), "sample": torch.Generator(device=device).manual_seed(rank_seed + 1)}
-    problems = Problems(gens["data"], C, heldout)
     P, max_new = C.max_digits + 1, C.max_digits + 4
     gconf = ctpo.GPTConfig(vocab_size=len(VOCAB), block_size=P + max_new, n_layer=C.n_layer, n_head=C.n_head, n_embd=C.n_embd)
     raw_model = ctpo.GPT(gconf).to(device)
     model = DDP(raw_model, device_ids=[device.index] if device.type == "cuda" else None) if ddp else raw_model
-    optimizer = torch.optim.Adam(raw_model.parameters(), lr=C.lr)
+    if C.optimizer == "adam":
+        optimizer = torch.optim.Adam(raw_model.parameters(), lr=C.lr)
+    else:
+        optimizer = torch.optim.SGD(raw_model.parameters(), lr=C.lr)
     n_params = sum(p.numel() for p in raw_model.parameters())
     log0(
         rank,
         f"ctpo toy | sort {C.min_digits}-{C.max_digits} digits | {n_params / 1e3:.0f}k params | {device} x {world} | method {C.method}",
     )
-
-    def shard(x):  # the union-batch testing hook: keep this rank's contiguous block of the global batch
-        return x.view(world, -1, *x.shape[1:])[rank] if C.ddp_union_batch else x
+    # everything the phases below share, in one place
+    R = SimpleNamespace(C=C, rank=rank, world=world, device=device, ddp=ddp, model=model, raw_model=raw_model, optimizer=optimizer,
+                        gens=gens, problems=Problems(gens["data"], C, heldout), eval_prompts=eval_prompts, eval_targets=eval_targets,
+                        P=P, max_new=max_new, ckpt_path=ckpt_path, metrics_path=metrics_path)  # fmt: skip
 
     # ---- resume, or phase 1: supervised warm start
-    start_step, history, t_origin = 1, {}, t_start  # elapsed = time.time() - t_origin, continued across a resume
     if C.resume:
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)  # our own file: it holds RNG states
-        bad = [k for k in CONFIG_KEYS if k not in RESUME_MAY_CHANGE and ck["config"].get(k, DEFAULTS[k]) != getattr(C, k)]
-        if bad:
-            raise ConfigError(
-                f"--resume: {', '.join(bad)} differ from the checkpoint's config; only {sorted(RESUME_MAY_CHANGE)} may change"
-            )
-        if ck["world_size"] != world:
-            raise ConfigError(f"--resume: the checkpoint was written with {ck['world_size']} ranks, this run has {world}")
-        raw_model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        set_rng_state(ck["rng"][rank], gens)
-        start_step, history, t_origin = ck["step"] + 1, ck["history"], time.time() - ck["wall_seconds"]
-        if os.path.getsize(metrics_path) < ck["metrics_bytes"]:
-            raise ConfigError(f"--resume: {metrics_path} is shorter than when {ckpt_path} was written; it was edited or replaced")
-        if ddp:
-            dist.barrier()  # every rank has checked the file before rank 0 truncates it
-        if rank == 0:
-            with open(metrics_path, "r+b") as f:
-                f.truncate(ck["metrics_bytes"])  # drop rows written after the checkpoint
-        log0(rank, f"resumed from {ckpt_path} at RL step {ck['step']}")
+        start_step, history, t_origin = resume_run(R)  # elapsed = time.time() - t_origin, continued across a resume
     else:
-        sft = torch.optim.AdamW(raw_model.parameters(), lr=C.sft_lr, weight_decay=0.0)
-        model.train()
-        for it in range(C.sft_steps):
-            for group in sft.param_groups:  # cosine from sft_lr to sft_lr / 10
-                group["lr"] = C.sft_lr * (0.1 + 0.45 * (1 + math.cos(math.pi * it / max(1, C.sft_steps))))
-            prompts, targets = problems(C.sft_batch if C.ddp_union_batch else C.sft_batch // world)
-            prompts, targets = shard(prompts).to(device), shard(targets).to(device)
-            idx = torch.cat([prompts, targets], dim=1)
-            logits = model(idx[:, :-1])[:, P - 1 :]  # row t scores targets[:, t]
-            tmask = torch.arange(targets.size(1), device=device)[None, :] <= (targets != PAD).sum(dim=1, keepdim=True)
-            ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none").view_as(targets)
-            n_global = all_sum(tmask.sum().float())
-            loss = (ce * tmask).sum() / n_global * world  # DDP averages over ranks: this makes it a global token mean
-            sft.zero_grad(set_to_none=True)
-            loss.backward()
-            sft.step()
-            if (it + 1) % 100 == 0 or it + 1 == C.sft_steps:
-                local_mean = ((ce * tmask).sum() / tmask.sum()).item()
-                log0(rank, f"warm start {it + 1:4d}/{C.sft_steps} | loss {local_mean:.4f} | {time.time() - t_start:.1f}s")
+        start_step, t_origin = 1, t_start
+        warm_start(R, t_start)
         acc, ev_reward = evaluate(raw_model, eval_prompts, eval_targets, C, rank, world, device, show=C.n_mistakes)
         history = {"accuracy_before": acc, "reward_before": ev_reward, "sft_seconds": time.time() - t_start}
         log0(rank, f"after the warm start: held-out accuracy {100 * acc:.1f}% | sampled reward {ev_reward:.3f}")
         if rank == 0:
             with open(metrics_path, "w") as f:
                 f.write(json.dumps({"step": 0, "acc": acc, "eval_reward": ev_reward, "elapsed": time.time() - t_start}) + "\n")
-
-    def checkpoint(step, elapsed):
-        states = [None] * world
-        if ddp:
-            dist.all_gather_object(states, rng_state(gens))
-        else:
-            states = [rng_state(gens)]
-        if rank == 0:
-            state = {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "config": vars(C),
-                     "world_size": world, "rng": states, "history": history, "wall_seconds": elapsed,
-                     "metrics_bytes": os.path.getsize(metrics_path)}  # fmt: skip
-            save_checkpoint(ckpt_path, state)
-
-    if not C.resume:
-        checkpoint(0, time.time() - t_start)
+        checkpoint(R, 0, history, time.time() - t_start)
 
     # ---- phase 2: RL
-    n_local = C.n_prompts // world
-    mb_rows = [
-        torch.arange(n_local * C.group_size).view(n_local, C.group_size)[j :: C.num_minibatches].flatten() for j in range(C.num_minibatches)
-    ]
     step = start_step - 1
     for step in range(start_step, C.rl_steps + 1):
         t0 = time.time()
         for group in optimizer.param_groups:
             group["lr"] = C.lr * min(1.0, step / max(1, C.lr_warmup))
-        # rollout: G completions per prompt, sampled with the KV cache by the current (= old) policy
-        model.eval()
-        prompts, targets = problems(C.n_prompts if C.ddp_union_batch else n_local)
-        prompts = prompts.to(device).repeat_interleave(C.group_size, dim=0)  # (B, P): a group in consecutive rows
-        targets = targets.to(device).repeat_interleave(C.group_size, dim=0)
-        roll = ctpo.sample(raw_model, prompts, max_new, EOS, PAD, temperature=C.temperature, generator=gens["sample"])
-        if C.ddp_union_batch:  # (responses are as long as the longest in the global batch: same shapes everywhere)
-            prompts, targets = shard(prompts), shard(targets)
-            roll = ctpo.Rollout(shard(roll.responses), shard(roll.mask), shard(roll.logp))
+        prompts, targets, roll = rollout(R)
         rewards, exact, resp_len = score(roll.responses, roll.mask, targets, C.partial_credit)
         adv = ctpo.group_advantages(rewards, C.group_size, scale=C.adv_scale)
-        # several optimizer steps on this one rollout: mini-batch j holds the groups of prompts j, j + M, ...
-        model.train()
-        stats = torch.zeros(
-            7, dtype=torch.float64, device=device
-        )  # tokens, clipped high/low/dual, sum of losses, sum of ratios, grad norms
-        extremes = torch.full((2,), -math.inf, dtype=torch.float64, device=device)  # max ratio, -min ratio
-        pos = torch.zeros(len(POS_KEYS), max_new, dtype=torch.float64, device=device)  # Figure 1 sums per position
-        for _epoch in range(C.ppo_epochs):
-            for rows in mb_rows:
-                rows = rows.to(device)
-                mask, old_logp, a = roll.mask[rows], roll.logp[rows], adv[rows]
-                logp = ctpo.token_logprobs(model, prompts[rows], roll.responses[rows], mask, C.temperature)
-                # the loss is normalised by GLOBAL counts (all ranks), so the ranks' losses add up to the union batch's
-                num_tokens = all_sum(mask.sum().to(torch.float64)) if C.agg == "token-mean" else None
-                num_seqs = all_sum(torch.tensor(float(rows.numel()), dtype=torch.float64, device=device)) if C.agg != "token-mean" else None
-                loss, m = ctpo.policy_loss(
-                    logp,
-                    old_logp,
-                    a,
-                    mask,
-                    method=C.method,
-                    agg=C.agg,
-                    backend=C.backend,
-                    num_tokens=num_tokens,
-                    num_seqs=num_seqs,
-                    **C.loss_kwargs,
-                )
-                optimizer.zero_grad(set_to_none=True)
-                (loss * world).backward()  # DDP averages gradients over ranks: * world makes it their sum
-                grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), C.grad_clip if C.grad_clip > 0 else math.inf)
-                optimizer.step()
-                with torch.no_grad():
-                    n = m["n_tokens"].double()
-                    vals = [n, m["n_clip_high"], m["n_clip_low"], m["n_clip_dual"], loss.detach(), m["ratio_mean"] * n, grad_norm]
-                    stats += torch.stack([v.double() for v in vals])
-                    extremes = torch.maximum(extremes, torch.stack([m["ratio_max"], -m["ratio_min"]]).double())
-                    pos += position_sums(logp.detach(), old_logp, mask, a, m["clipped"], C.fixed_window, max_new)
-        # reduce over ranks
-        if ddp:
-            dist.all_reduce(extremes, op=dist.ReduceOp.MAX)
-        stats[6] /= world  # the gradient (after DDP's all-reduce) and its norm are the same on every rank
-        stats, pos = all_sum(stats), all_sum(pos)
-        roll_stats = all_sum(torch.stack([x.sum().double() for x in (rewards, exact, resp_len, torch.ones_like(rewards))]))
-        nr, ntok = roll_stats[3].item(), max(1.0, stats[0].item())
-        row = {
-            "step": step,
-            "reward": roll_stats[0].item() / nr,  # rollout mean reward (training prompts, sampling temperature)
-            "exact": roll_stats[1].item() / nr,
-            "mean_len": roll_stats[2].item() / nr,  # response tokens, end token included
-            "loss": stats[4].item() / (C.ppo_epochs * C.num_minibatches),
-            "grad_norm": stats[6].item() / (C.ppo_epochs * C.num_minibatches),  # before clipping, mean over the updates
-            "clip_frac_high": stats[1].item() / ntok,
-            "clip_frac_low": stats[2].item() / ntok,
-            "clip_frac_dual": stats[3].item() / ntok,
-            "ratio_mean": stats[5].item() / ntok,
-            "ratio_max": extremes[0].item(),
-            "ratio_min": -extremes[1].item(),
-            "tok_per_s": roll_stats[2].item() / (time.time() - t0),  # sampled response tokens / step time
-            "elapsed": time.time() - t_origin,
-        }
-        last = int(pos[0].nonzero().max().item()) + 1 if bool(pos[0].any()) else 0
-        row["pos"] = {k: pos[i, :last].tolist() for i, k in enumerate(POS_KEYS)}
+        sums = update(R, prompts, roll, adv)
+        row = metrics_row(R, step, sums, (rewards, exact, resp_len), t0, t_origin)
         line = f"step {step:4d} | reward {row['reward']:.3f} | exact {100 * row['exact']:5.1f}%"
         if step % C.eval_interval == 0 or step == C.rl_steps:
             final = step == C.rl_steps
@@ -604,13 +566,209 @@ def run(C, rank, world, device, ddp, t_start):
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
         if (C.ckpt_interval and step % C.ckpt_interval == 0) or step == C.rl_steps:
-            checkpoint(step, time.time() - t_origin)
+            checkpoint(R, step, history, time.time() - t_origin)
+    return write_summary(R, step, history, time.time() - t_origin, backend_used, config_files) if rank == 0 else None
 
-    # ---- summary and plots (rank 0)
-    wall = time.time() - t_origin
-    if rank != 0:
-        return None
-    with open(metrics_path) as f:
+
+# ---- setup
+
+
+def check_backend(C, device):
+    """The loss backend actually used: fail now (ext missing, or a method it does not cover), not after the warm start."""
+    try:
+        z, on = torch.zeros(1, 2, device=device), torch.ones(1, 2, dtype=torch.bool, device=device)
+        return ctpo.policy_loss(z, z, z[:, 0], on, method=C.method, backend=C.backend, **C.loss_kwargs)[1]["backend"]
+    except RuntimeError as e:
+        raise ConfigError(f"--backend={C.backend}: {e}") from None
+
+
+def prepare_out_dir(C, rank, ddp):
+    """out_dir is in use only when it holds this script's outputs (OUTPUTS): refuse to clobber them silently.
+    Every rank checks before rank 0 touches anything; --overwrite deletes only OUTPUTS, never other files."""
+    ckpt_path, metrics_path = os.path.join(C.out_dir, "ckpt.pt"), os.path.join(C.out_dir, "metrics.jsonl")
+    if os.path.exists(C.out_dir) and not os.path.isdir(C.out_dir):
+        raise ConfigError(f"--out_dir: {C.out_dir!r} is a file, not a folder")
+    ours = [name for name in OUTPUTS if os.path.exists(os.path.join(C.out_dir, name))]
+    if ours and not (C.overwrite or C.resume):
+        raise ConfigError(
+            f"--out_dir: {C.out_dir!r} holds a previous run ({', '.join(ours)}); "
+            "pass --resume=True to continue it or --overwrite=True to replace it"
+        )
+    if C.resume and not os.path.exists(ckpt_path):
+        raise ConfigError(f"--resume: no checkpoint at {ckpt_path}")
+    if ddp:
+        dist.barrier()
+    if rank == 0:
+        os.makedirs(C.out_dir, exist_ok=True)
+        for name in ours if C.overwrite else ():
+            os.remove(os.path.join(C.out_dir, name))
+    return ckpt_path, metrics_path
+
+
+def shard(x, R):
+    """The union-batch testing hook: keep this rank's contiguous block of the global batch."""
+    return x.view(R.world, -1, *x.shape[1:])[R.rank] if R.C.ddp_union_batch else x
+
+
+# ---- phase 1: supervised warm start, or resume
+
+
+def warm_start(R, t_start):
+    """sft_steps of AdamW on the token-mean cross-entropy of the answer (digits and end token)."""
+    C, world, device, P = R.C, R.world, R.device, R.P
+    sft = torch.optim.AdamW(R.raw_model.parameters(), lr=C.sft_lr, weight_decay=0.0)
+    R.model.train()
+    for it in range(C.sft_steps):
+        for group in sft.param_groups:  # cosine from sft_lr to sft_lr / 10
+            group["lr"] = C.sft_lr * (0.1 + 0.45 * (1 + math.cos(math.pi * it / max(1, C.sft_steps))))
+        prompts, targets = R.problems(C.sft_batch if C.ddp_union_batch else C.sft_batch // world)
+        prompts, targets = shard(prompts, R).to(device), shard(targets, R).to(device)
+        idx = torch.cat([prompts, targets], dim=1)
+        logits = R.model(idx[:, :-1])[:, P - 1 :]  # row t scores targets[:, t]
+        tmask = torch.arange(targets.size(1), device=device)[None, :] <= (targets != PAD).sum(dim=1, keepdim=True)
+        ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), reduction="none").view_as(targets)
+        n_global = all_sum(tmask.sum().float())
+        loss = (ce * tmask).sum() / n_global * world  # DDP averages over ranks: this makes it a global token mean
+        sft.zero_grad(set_to_none=True)
+        loss.backward()
+        sft.step()
+        if (it + 1) % 100 == 0 or it + 1 == C.sft_steps:
+            local_mean = ((ce * tmask).sum() / tmask.sum()).item()
+            log0(R.rank, f"warm start {it + 1:4d}/{C.sft_steps} | loss {local_mean:.4f} | {time.time() - t_start:.1f}s")
+
+
+def resume_run(R):
+    """Model, optimizer, every rank's RNG state and the history from ckpt.pt; metrics.jsonl cut back to the
+    checkpoint's length. Returns (first RL step, history, t_origin)."""
+    C, rank = R.C, R.rank
+    ck = torch.load(R.ckpt_path, map_location="cpu", weights_only=False)  # our own file: it holds RNG states
+    bad = [k for k in CONFIG_KEYS if k not in RESUME_MAY_CHANGE and ck["config"].get(k, DEFAULTS[k]) != getattr(C, k)]
+    if bad:
+        raise ConfigError(f"--resume: {', '.join(bad)} differ from the checkpoint's config; only {sorted(RESUME_MAY_CHANGE)} may change")
+    if ck["world_size"] != R.world:
+        raise ConfigError(f"--resume: the checkpoint was written with {ck['world_size']} ranks, this run has {R.world}")
+    R.raw_model.load_state_dict(ck["model"])
+    R.optimizer.load_state_dict(ck["optimizer"])
+    set_rng_state(ck["rng"][rank], R.gens)
+    if os.path.getsize(R.metrics_path) < ck["metrics_bytes"]:
+        raise ConfigError(f"--resume: {R.metrics_path} is shorter than when {R.ckpt_path} was written; it was edited or replaced")
+    if R.ddp:
+        dist.barrier()  # every rank has checked the file before rank 0 truncates it
+    if rank == 0:
+        with open(R.metrics_path, "r+b") as f:
+            f.truncate(ck["metrics_bytes"])  # drop rows written after the checkpoint
+    log0(rank, f"resumed from {R.ckpt_path} at RL step {ck['step']}")
+    return ck["step"] + 1, ck["history"], time.time() - ck["wall_seconds"]
+
+
+def checkpoint(R, step, history, elapsed):
+    """ckpt.pt (atomically, rank 0) with every rank's RNG state and the length of metrics.jsonl at this step."""
+    states = [None] * R.world
+    if R.ddp:
+        dist.all_gather_object(states, rng_state(R.gens))
+    else:
+        states = [rng_state(R.gens)]
+    if R.rank == 0:
+        state = {"model": R.raw_model.state_dict(), "optimizer": R.optimizer.state_dict(), "step": step, "config": vars(R.C),
+                 "world_size": R.world, "rng": states, "history": history, "wall_seconds": elapsed,
+                 "metrics_bytes": os.path.getsize(R.metrics_path)}  # fmt: skip
+        save_checkpoint(R.ckpt_path, state)
+
+
+# ---- phase 2, one RL step: rollout, update, bookkeeping
+
+
+@torch.no_grad()
+def rollout(R):
+    """G completions per prompt, sampled with the KV cache by the current (= old) policy.
+    Returns prompts (B, P), targets (B, D+1) and a ctpo.Rollout of (B, T) tensors; a group in consecutive rows."""
+    C = R.C
+    R.model.eval()
+    prompts, targets = R.problems(C.n_prompts if C.ddp_union_batch else C.n_prompts // R.world)
+    prompts = prompts.to(R.device).repeat_interleave(C.group_size, dim=0)  # (B, P)
+    targets = targets.to(R.device).repeat_interleave(C.group_size, dim=0)
+    roll = ctpo.sample(R.raw_model, prompts, R.max_new, EOS, PAD, temperature=C.temperature, generator=R.gens["sample"])
+    if C.ddp_union_batch:  # (responses are as long as the longest in the global batch: same shapes everywhere)
+        prompts, targets = shard(prompts, R), shard(targets, R)
+        roll = ctpo.Rollout(shard(roll.responses, R), shard(roll.mask, R), shard(roll.logp, R))
+    return prompts, targets, roll
+
+
+def update(R, prompts, roll, adv):
+    """ppo_epochs x num_minibatches optimizer steps on one rollout; mini-batch j holds the groups of prompts
+    j, j + M, ... Returns this rank's sums: stats (7,), extremes (2,) and the Figure 1 sums (len(POS_KEYS), max_new)."""
+    C, device, world = R.C, R.device, R.world
+    n_local = C.n_prompts // world
+    mb_rows = [
+        torch.arange(n_local * C.group_size).view(n_local, C.group_size)[j :: C.num_minibatches].flatten() for j in range(C.num_minibatches)
+    ]
+    R.model.train()
+    stats = torch.zeros(7, dtype=torch.float64, device=device)  # tokens, clipped high/low/dual, sum of losses, sum of ratios, grad norms
+    extremes = torch.full((2,), -math.inf, dtype=torch.float64, device=device)  # max ratio, -min ratio
+    pos = torch.zeros(len(POS_KEYS), R.max_new, dtype=torch.float64, device=device)  # Figure 1 sums per position
+    for _epoch in range(C.ppo_epochs):
+        for rows in mb_rows:
+            rows = rows.to(device)
+            mask, old_logp, a = roll.mask[rows], roll.logp[rows], adv[rows]
+            logp = ctpo.token_logprobs(R.model, prompts[rows], roll.responses[rows], mask, C.temperature)
+            # the loss is normalised by GLOBAL counts (all ranks), so the ranks' losses add up to the union batch's
+            num_tokens = all_sum(mask.sum().to(torch.float64)) if C.agg == "token-mean" else None
+            num_seqs = all_sum(torch.tensor(float(rows.numel()), dtype=torch.float64, device=device)) if C.agg != "token-mean" else None
+            loss, m = ctpo.policy_loss(
+                logp, old_logp, a, mask, method=C.method, agg=C.agg, backend=C.backend, num_tokens=num_tokens, num_seqs=num_seqs,
+                **C.loss_kwargs,
+            )  # fmt: skip
+            R.optimizer.zero_grad(set_to_none=True)
+            (loss * world).backward()  # DDP averages gradients over ranks: * world makes it their sum
+            grad_norm = torch.nn.utils.clip_grad_norm_(R.raw_model.parameters(), C.grad_clip if C.grad_clip > 0 else math.inf)
+            R.optimizer.step()
+            with torch.no_grad():
+                n = m["n_tokens"].double()
+                vals = [n, m["n_clip_high"], m["n_clip_low"], m["n_clip_dual"], loss.detach(), m["ratio_mean"] * n, grad_norm]
+                stats += torch.stack([v.double() for v in vals])
+                extremes = torch.maximum(extremes, torch.stack([m["ratio_max"], -m["ratio_min"]]).double())
+                pos += position_sums(logp.detach(), old_logp, mask, a, m["clipped"], C.fixed_window, R.max_new)
+    return stats, extremes, pos
+
+
+def metrics_row(R, step, sums, scored, t0, t_origin):
+    """Reduce one step's sums over the ranks into the metrics.jsonl row (every rank gets the same row)."""
+    C, world = R.C, R.world
+    stats, extremes, pos = sums
+    if R.ddp:
+        dist.all_reduce(extremes, op=dist.ReduceOp.MAX)
+    stats[6] /= world  # the gradient (after DDP's all-reduce) and its norm are the same on every rank
+    stats, pos = all_sum(stats), all_sum(pos)
+    roll_stats = all_sum(torch.stack([x.sum().double() for x in (*scored, torch.ones_like(scored[0]))]))  # reward, exact, length, count
+    nr, ntok = roll_stats[3].item(), max(1.0, stats[0].item())
+    updates = C.ppo_epochs * C.num_minibatches
+    row = {
+        "step": step,
+        "reward": roll_stats[0].item() / nr,  # rollout mean reward (training prompts, sampling temperature)
+        "exact": roll_stats[1].item() / nr,
+        "mean_len": roll_stats[2].item() / nr,  # response tokens, end token included
+        "loss": stats[4].item() / updates,
+        "grad_norm": stats[6].item() / updates,  # before clipping, mean over the updates
+        "clip_frac_high": stats[1].item() / ntok,
+        "clip_frac_low": stats[2].item() / ntok,
+        "clip_frac_dual": stats[3].item() / ntok,
+        "ratio_mean": stats[5].item() / ntok,
+        "ratio_max": extremes[0].item(),
+        "ratio_min": -extremes[1].item(),
+        "tok_per_s": roll_stats[2].item() / (time.time() - t0),  # sampled response tokens / step time
+        "elapsed": time.time() - t_origin,
+    }
+    last = int(pos[0].nonzero().max().item()) + 1 if bool(pos[0].any()) else 0
+    row["pos"] = {k: pos[i, :last].tolist() for i, k in enumerate(POS_KEYS)}
+    return row
+
+
+# ---- the summary (rank 0)
+
+
+def write_summary(R, step, history, wall, backend_used, config_files):
+    C = R.C
+    with open(R.metrics_path) as f:
         rows = [json.loads(line) for line in f]
     ev = [r for r in rows if "acc" in r]
     rl = [r for r in rows if "reward" in r]
@@ -631,8 +789,9 @@ def run(C, rank, world, device, ddp, t_start):
         "wall_seconds": wall,
         "warm_start_seconds": history["sft_seconds"],
         "backend_used": backend_used,  # auto falls back to python when the extension is missing
-        "world_size": world,
-        "device": str(device),
+        "world_size": R.world,
+        "device": str(R.device),
+        "config_files": list(config_files),
         "config": vars(C),
     }
     with open(os.path.join(C.out_dir, "summary.json"), "w") as f:
