@@ -39,8 +39,10 @@ setup(
     name="ctpo",
     version="0.1.0",
     description="CTPO (Cumulative Token Policy Optimization): reference implementation with a fused C++/CUDA loss kernel",
-    py_modules=["ctpo", "ctpo_ext"],
+    py_modules=["ctpo", "ctpo_ext", "ctpo_trl", "ctpo_verl"],  # ctpo_verl: the verl.plugins entry point below imports it
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension},
+    # verl loads this group on `import verl` in every process (Ray workers too): it registers the ctpo losses
+    entry_points={"verl.plugins": ["ctpo = ctpo_verl"]},
     python_requires=">=3.10",
 )
