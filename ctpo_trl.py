@@ -253,7 +253,7 @@ class CTPOTrainer(GRPOTrainer):
     def _log_ctpo_metrics(self, mode, policy_loss, m, entropies, mask, advantages):
         acc, log = self.accelerator, self._metrics[mode]
         adv = advantages if advantages.dim() == 2 else advantages[:, None].expand_as(mask)
-        lower, upper, dual = ctpo.clip_bounds(m["t"], self.ctpo_cfg, m["log_w"].dtype)
+        lower, upper, dual = ctpo.clip_bounds(ctpo.response_position(mask), self.ctpo_cfg, m["log_w"].dtype)
         high, low, _ = (f & mask for f in ctpo.clip_flags(m["log_w"], adv.to(m["log_w"].dtype), lower, upper, dual))
 
         def global_mean(x):  # masked mean over every process's tokens
