@@ -263,6 +263,26 @@ static void flag_inputs_row(const IL* lp, const IO* ol, const bool* m, int64_t T
   st[kStatBadOldLogp] = bol ? 1.0 : 0.0;
 }
 
+// Every row kernel ends the same way: its counts, sum of w and log w extremes into the row's stats (ctpo_layout.h),
+// and the bad-value flags; which of logp / old_logp was not finite is found by a second pass over that row only
+// (flag_inputs_row), never over a good one.
+template <typename IL, typename IO>
+static inline void write_row_stats(double* st, int64_t n, int64_t nh, int64_t nl, int64_t nd, int64_t nc, double sum_w, double mn,
+                                   double mx, bool bad_d, bool bad_a, bool bad_r, const IL* lp, const IO* ol, const bool* m, int64_t T) {
+  st[kStatTokens] = static_cast<double>(n);
+  st[kStatHigh] = static_cast<double>(nh);
+  st[kStatLow] = static_cast<double>(nl);
+  st[kStatDual] = static_cast<double>(nd);
+  st[kStatClipped] = static_cast<double>(nc);
+  st[kStatSumW] = sum_w;
+  st[kStatMinLogW] = mn;
+  st[kStatMaxLogW] = mx;
+  st[kStatBadLogp] = st[kStatBadOldLogp] = 0.0;
+  if (bad_d) flag_inputs_row<IL, IO>(lp, ol, m, T, st);
+  st[kStatBadAdv] = bad_a ? 1.0 : 0.0;
+  st[kStatBadWeights] = bad_r ? 1.0 : 0.0;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Scalar row kernel: the reference semantics written out per element, float64 accumulation in order
 // (exactly torch.cumsum's). Used for float64 inputs, for builds without AVX-512, and by the tests
@@ -361,19 +381,7 @@ static void row_scalar(RowIO<C>& r, int64_t T, const C* s_tab, const Knobs& k) {
       bad_a = bad_a || !finite(A);
     }
   }
-  double* st = r.st;
-  st[kStatTokens] = static_cast<double>(n);
-  st[kStatHigh] = static_cast<double>(nh);
-  st[kStatLow] = static_cast<double>(nl);
-  st[kStatDual] = static_cast<double>(nd);
-  st[kStatClipped] = static_cast<double>(nc);
-  st[kStatSumW] = sum_w;
-  st[kStatMinLogW] = static_cast<double>(mn);
-  st[kStatMaxLogW] = static_cast<double>(mx);
-  st[kStatBadLogp] = st[kStatBadOldLogp] = 0.0;
-  if (bad_d) flag_inputs_row<IL, IO>(lp, ol, m, T, st);
-  st[kStatBadAdv] = bad_a ? 1.0 : 0.0;
-  st[kStatBadWeights] = bad_r ? 1.0 : 0.0;
+  write_row_stats<IL, IO>(r.st, n, nh, nl, nd, nc, sum_w, static_cast<double>(mn), static_cast<double>(mx), bad_d, bad_a, bad_r, lp, ol, m, T);
   r.loss_sum = lsum;
 }
 
@@ -679,19 +687,9 @@ static void row_avx512(RowIO<float>& r, int64_t T, const float* s_tab, const Row
     block_avx512<IL, IO, MODE, RATIO, true>(lp + j, ol + j, r.m + j, MODE == 0 ? r.At + j : nullptr, r.rw ? r.rw + j : nullptr, negA_row,
                                             tail, row_v, s_tab, K, acc, r.loss + j, r.lwo + j, r.clipped + j, r.bits + j / 8);
   }
-  double* st = r.st;
-  st[kStatTokens] = static_cast<double>(acc.n);
-  st[kStatHigh] = static_cast<double>(acc.nh);
-  st[kStatLow] = static_cast<double>(acc.nl);
-  st[kStatDual] = static_cast<double>(acc.nd);
-  st[kStatClipped] = static_cast<double>(acc.nc);
-  st[kStatSumW] = _mm512_reduce_add_pd(_mm512_add_pd(acc.sw0, acc.sw1));
-  st[kStatMinLogW] = static_cast<double>(_mm512_reduce_min_ps(acc.vmin));
-  st[kStatMaxLogW] = static_cast<double>(_mm512_reduce_max_ps(acc.vmax));
-  st[kStatBadLogp] = st[kStatBadOldLogp] = 0.0;
-  if (acc.bad_d) flag_inputs_row<IL, IO>(lp, ol, r.m, T, st);
-  st[kStatBadAdv] = (acc.bad_a || (MODE != 0 && acc.n > 0 && !std::isfinite(r.A_row))) ? 1.0 : 0.0;
-  st[kStatBadWeights] = acc.bad_r ? 1.0 : 0.0;
+  write_row_stats<IL, IO>(r.st, acc.n, acc.nh, acc.nl, acc.nd, acc.nc, _mm512_reduce_add_pd(_mm512_add_pd(acc.sw0, acc.sw1)),
+                         static_cast<double>(_mm512_reduce_min_ps(acc.vmin)), static_cast<double>(_mm512_reduce_max_ps(acc.vmax)),
+                         acc.bad_d, acc.bad_a || (MODE != 0 && acc.n > 0 && !std::isfinite(r.A_row)), acc.bad_r, lp, ol, r.m, T);
   r.loss_sum = _mm512_reduce_add_pd(_mm512_add_pd(acc.sl0, acc.sl1));
 }
 
@@ -953,19 +951,9 @@ static void row_vec(RowIO<float>& r, int64_t T, const float* s_tab, const Knobs&
     mn = mnv[q] < mn ? mnv[q] : mn;
     mx = mxv[q] > mx ? mxv[q] : mx;
   }
-  double* st = r.st;
-  st[kStatTokens] = static_cast<double>(n);
-  st[kStatHigh] = static_cast<double>(nh);
-  st[kStatLow] = static_cast<double>(nl);
-  st[kStatDual] = static_cast<double>(nd);
-  st[kStatClipped] = static_cast<double>(nc);
-  st[kStatSumW] = sum_w;
-  st[kStatMinLogW] = static_cast<double>(mn);
-  st[kStatMaxLogW] = static_cast<double>(mx);
-  st[kStatBadLogp] = st[kStatBadOldLogp] = 0.0;
-  if (bad_d) flag_inputs_row<IL, IO>(lp, ol, m, T, st);
-  st[kStatBadAdv] = (bad_a || (r.At == nullptr && n > 0 && !std::isfinite(r.A_row))) ? 1.0 : 0.0;
-  st[kStatBadWeights] = bad_r ? 1.0 : 0.0;
+  write_row_stats<IL, IO>(r.st, n, nh, nl, nd, nc, sum_w, static_cast<double>(mn), static_cast<double>(mx),
+                         bad_d,
+                         bad_a || (r.At == nullptr && n > 0 && !std::isfinite(r.A_row)), bad_r, lp, ol, m, T);
   r.loss_sum = lsum;
 }
 

@@ -23,22 +23,6 @@ KNOB_NAMES = ("clip_low", "clip_high", "clip_c", "power", "geomean", "delta_max"
 CUDA = torch.cuda.is_available()
 
 
-@pytest.fixture(scope="module")
-def ext():
-    mod = ctpo_ext.load()  # builds here: a failure is a test failure (CI has a compiler)
-    yield mod
-    mod.set_cpu_kernel("auto")
-
-
-@pytest.fixture(params=["auto", "vec", "scalar"])
-def cpu_path(request, ext):
-    if request.param != "auto" and ext.compiled_cpu_path().startswith(request.param):
-        pytest.skip(f"auto is the {request.param} kernel in this build")
-    ext.set_cpu_kernel(request.param)
-    yield request.param
-    ext.set_cpu_kernel("auto")
-
-
 def cfg_for(geomean, power, **kw):
     return ctpo.method_config("ctpo-geomean" if geomean else "ctpo", power=power, **kw)
 

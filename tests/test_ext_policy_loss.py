@@ -19,22 +19,6 @@ METHODS = list(ctpo.METHODS)
 COUNTS = ("n_tokens", "n_clip_high", "n_clip_low", "n_clip_dual")
 
 
-@pytest.fixture(scope="module")
-def ext():
-    mod = ctpo_ext.load()  # builds here: a failure is a test failure (CI has a compiler)
-    yield mod
-    mod.set_cpu_kernel("auto")
-
-
-@pytest.fixture(params=["auto", "vec", "scalar"])
-def cpu_path(request, ext):
-    if request.param != "auto" and ext.compiled_cpu_path().startswith(request.param):
-        pytest.skip(f"auto is the {request.param} kernel in this build")
-    ext.set_cpu_kernel(request.param)
-    yield request.param
-    ext.set_cpu_kernel("auto")
-
-
 def make(B, T, seed=0, scale=0.1, holes=True, adv_shape="row", weights=False):
     """float64 inputs: variable lengths, tool-output holes, a full row, an empty row, a zero advantage."""
     g = torch.Generator().manual_seed(seed)
