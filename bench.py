@@ -1,26 +1,34 @@
-"""Benchmark forward+backward of the CTPO per-token loss: Python reference, torch.compile of it, the fused
-extension (csrc/), and a memory floor; all in one process, median of ~30 runs per backend (three rounds of
-back-to-back blocks, so each backend is timed in its own steady cache state and machine noise is spread over
-all of them). It also prints the max abs difference ext vs Python of the loss and of the gradient.
+"""Benchmark forward+backward of the policy loss: the Python reference, torch.compile of it, the fused extension
+(csrc/), and a memory floor; all in one process, median of ~30 runs per backend (three rounds of back-to-back
+blocks, so each backend is timed in its own steady cache state and machine noise is spread over all of them).
+Two tables:
 
-    python bench.py                       # the default sizes, float32 and bfloat16: a table
+1. the bare op (--method, default ctpo): per-token loss, summed, and its gradient; also the max abs difference
+   ext vs Python of the loss and of the gradient.
+2. end to end (--e2e-methods, default ctpo grpo gspo sequence): ctpo.policy_loss(...) forward + backward with
+   its default metrics (what a training loop calls), backend="python" vs backend="ext", and torch.compile of the
+   Python path where it compiles (fullgraph=False: the reference's input checks break the graph; by default
+   only at 256x4096, --e2e-compile-sizes), next to the bare op for the same method.
+
+    python bench.py                       # the default sizes, float32 and bfloat16: both tables
     python bench.py --json                # the same as JSON (a list of objects)
     python bench.py --sizes 256x4096 --dtypes float32 --repeats 50
     python bench.py --no-compile          # skip torch.compile (its first call compiles, ~10-60 s per shape)
-    python bench.py --breakdown           # also time the ext's parts: forward op, .sum(), backward op
+    python bench.py --breakdown           # also time the ext's parts: forward op, backward op
+    python bench.py --no-e2e / --e2e-only # one of the two tables
 
-What is timed, per (B, T, dtype), each as  loss = per_token_loss.sum() / n_tokens;  grad = d loss / d logp:
+What is timed in table 1, per (B, T, dtype), each as  loss = per_token_loss.sum() / n_tokens;  grad = d loss / d logp:
   python   ctpo.token_losses (eager), the reference ctpo.policy_loss(backend="python") runs
   compile  torch.compile(fullgraph=True) of that same function (Inductor: C++/OpenMP/AVX-512 on CPU)
-  ext      ctpo_ext.ctpo_token_loss (torch.ops.ctpo.token_loss + token_loss_backward)
+  ext      the fused op, torch.ops.ctpo.policy_loss + policy_loss_backward, with its row sums (row_loss.sum() / n)
   floor    the bytes a fused forward+backward must move, streamed once by plain torch kernels into
            preallocated buffers: logp -> a float32 loss buffer (copy_), old_logp -> a float32 log_w buffer
-           (copy_), mask -> a bool buffer (copy_: the mask read, plus 1 byte written), and the gradient
-           written once (fill_). That is (2 * itemsize + 1) bytes read and (8 + itemsize + 1) written per
-           token: what the op must read and write (plus the 1-byte mask write), with no compute, no
-           autograd, no reduction, no allocation.
-GB/s is the op's minimal bytes, (2 * itemsize + 1) + (8 + itemsize) per token, divided by each time (an
-effective bandwidth: the ext moves more: the .sum() and the backward read the loss again).
+           (copy_), mask -> a bool buffer (copy_: the mask read, and the op's 1-byte `clipped` output written),
+           and the gradient written once (fill_). That is (2 * itemsize + 1) bytes read and (8 + 1 + itemsize)
+           written per token: what the op must read and write, with no compute, no autograd, no reduction, no
+           allocation.
+GB/s is the op's minimal bytes, (2 * itemsize + 1) + (8 + 1 + itemsize) per token, divided by each time (an
+effective bandwidth: the ext moves more: the backward reads the loss again).
 Inputs: logp ~ -1 + 0.05 N(0,1), old_logp = logp + 0.05 N(0,1) (so the cumulative ratio drifts and some
 tokens clip), advantages one per row (a (B,) tensor expanded, as policy_loss passes it), mask = variable
 length responses (lengths uniform in [T/2, T]) with a tool-output hole in every fourth row.
@@ -40,6 +48,7 @@ import ctpo_ext
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEFAULT_SIZES = ["16x1024", "64x4096", "256x4096", "256x8192"]
+E2E_METHODS = ["ctpo", "grpo", "gspo", "sequence"]
 
 
 def make_inputs(B, T, dtype, seed=0):
@@ -74,19 +83,53 @@ def cpu_jiffies():
         return None
 
 
+def op_args(cfg, B, T):
+    """The op's (ratio, lower, upper, dual, power, delta_max, log_w_max, sample_stride) for a method's cfg."""
+    ratio, lower, upper, dual, power = ctpo._ext_op_args(cfg)
+    return (ctpo_ext.RATIO_CODES[ratio], lower, upper, dual, power, cfg["delta_max"], cfg["log_w_max"], ctpo.quantile_stride(B, T))
+
+
+def run_blocks(fns, repeats, warmup=3, python_names=("python",)):
+    """Warm up, then time rounds of back-to-back blocks of each fn. Returns ({name: [ms]}, other_load)."""
+    warm_ms = {}
+    for name, f in fns.items():  # compile, warm up
+        for _ in range(warmup):
+            warm_ms[name] = timeit(f)
+    # Rounds of blocks: each backend runs a block of back-to-back calls (2 untimed, so that it is measured in
+    # its own steady cache state, as a training loop calling it repeatedly would see), and the rounds
+    # interleave the backends so that a burst of machine noise does not hit one backend only.
+    times = {name: [] for name in fns}
+    rounds = 3
+    per_block = max(1, -(-repeats // rounds))
+    j0, t0 = cpu_jiffies(), time.perf_counter()
+    for _ in range(rounds):
+        for name, f in fns.items():
+            f()
+            f()
+            n_block = per_block if name not in python_names else max(2, min(per_block, int(1500 / warm_ms[name])))  # <= ~1.5 s
+            for _ in range(n_block):
+                times[name].append(timeit(f))
+    j1, wall = cpu_jiffies(), time.perf_counter() - t0
+    load = None
+    if j0 is not None and j1 is not None:  # CPU share other processes took during the timed runs (noise indicator)
+        hz, ncpu = os.sysconf("SC_CLK_TCK"), os.cpu_count() or 1
+        load = max(0.0, ((j1[0] - j0[0]) - (j1[1] - j0[1])) / hz / (wall * ncpu))
+    return times, load
+
+
 def run_case(B, T, dtype_name, method, repeats, use_compile, breakdown=False, warmup=3):
     dtype = DTYPES[dtype_name]
     cfg = ctpo.method_config(method)
     logp, old, adv, mask = make_inputs(B, T, dtype)
     n = mask.sum().clamp(min=1).to(torch.float32)
     x = logp.clone().requires_grad_()
-    knobs = (cfg["clip_low"], cfg["clip_high"], cfg["clip_c"], cfg["power"], cfg["geomean"], cfg["delta_max"], cfg["log_w_max"])
+    args = op_args(cfg, B, T)
 
     def python_loss(lp, ol, a, m):
         return ctpo.token_losses(lp, ol, a, m, cfg)[0].sum() / n
 
     def ext_loss(lp, ol, a, m):
-        return ctpo_ext.ctpo_token_loss(lp, ol, a, m, *knobs)[0].sum() / n
+        return torch.ops.ctpo.policy_loss(lp, ol, a, m, None, *args)[1].sum() / n
 
     def fwd_bwd(loss_fn):
         def f():
@@ -110,42 +153,24 @@ def run_case(B, T, dtype_name, method, repeats, use_compile, breakdown=False, wa
     fns = {"python": fwd_bwd(python_loss), "ext": fwd_bwd(ext_loss), "floor": floor}
     if use_compile:
         fns["compile"] = fwd_bwd(torch.compile(python_loss, fullgraph=True, dynamic=False))
-    if breakdown:  # the parts of the ext's fwd+bwd, each alone: the forward op, the .sum(), the backward op
-        loss0, _, bits0 = torch.ops.ctpo.token_loss(logp, old, adv, mask, *knobs)
-        g0 = torch.ones((), dtype=loss0.dtype).expand(B, T)  # what .sum() / n hands the backward: a broadcast scalar
-        fns["ext_fwd_op"] = lambda: torch.ops.ctpo.token_loss(logp, old, adv, mask, *knobs)
-        fns["ext_sum"] = lambda: loss0.sum()
-        fns["ext_bwd_op"] = lambda: torch.ops.ctpo.token_loss_backward(g0, loss0, bits0, dtype)
+    if breakdown:  # the parts of the ext's fwd+bwd, each alone: the forward op, the backward op
+        out0 = torch.ops.ctpo.policy_loss(logp, old, adv, mask, None, *args)
+        g0 = torch.ones((), dtype=torch.float64).expand(B)  # what row_loss.sum() / n hands the backward: a broadcast
+        fns["ext_fwd_op"] = lambda: torch.ops.ctpo.policy_loss(logp, old, adv, mask, None, *args)
+        fns["ext_bwd_op"] = lambda: torch.ops.ctpo.policy_loss_backward(None, g0, out0[0], out0[4], dtype)
 
     # correctness: ext vs the Python reference (forward per-token loss and gradient)
     lp_ref, lw_ref, _, _ = ctpo.token_losses(x, old, adv, mask, cfg)
     (g_ref,) = torch.autograd.grad(lp_ref.sum() / n, x)
-    lp_ext, lw_ext = ctpo_ext.ctpo_token_loss(x, old, adv, mask, *knobs)
-    (g_ext,) = torch.autograd.grad(lp_ext.sum() / n, x)
+    out = torch.ops.ctpo.policy_loss(x, old, adv, mask, None, *args)
+    lp_ext, lw_ext = out[0], out[2]
+    (g_ext,) = torch.autograd.grad(out[1].sum() / n, x)
     diff_fwd = (lp_ref.detach() - lp_ext.detach()).abs().max().item()
     diff_grad = (g_ref.float() - g_ext.float()).abs().max().item()
     logw_equal = bool(torch.equal(lw_ref.detach(), lw_ext))
 
-    warm_ms = {}
-    for name, f in fns.items():  # compile, warm up
-        for _ in range(warmup):
-            warm_ms[name] = timeit(f)
-    # Rounds of blocks: each backend runs a block of back-to-back calls (2 untimed, so that it is measured in
-    # its own steady cache state, as a training loop calling it repeatedly would see), and the rounds
-    # interleave the backends so that a burst of machine noise does not hit one backend only.
-    times = {name: [] for name in fns}
-    rounds = 3
-    per_block = max(1, -(-repeats // rounds))
-    j0, t0 = cpu_jiffies(), time.perf_counter()
-    for _ in range(rounds):
-        for name, f in fns.items():
-            f()
-            f()
-            n_block = per_block if name != "python" else max(2, min(per_block, int(1500 / warm_ms[name])))  # <= ~1.5 s
-            for _ in range(n_block):
-                times[name].append(timeit(f))
-    j1, wall = cpu_jiffies(), time.perf_counter() - t0
-    floor_bytes = B * T * ((2 * itemsize + 1) + (8 + itemsize))
+    times, load = run_blocks(fns, repeats, warmup)
+    floor_bytes = B * T * ((2 * itemsize + 1) + (8 + 1 + itemsize))
     row = {"B": B, "T": T, "dtype": dtype_name, "method": method}
     for name in ("python", "compile", "ext", "floor"):
         ts = times.get(name)
@@ -160,12 +185,65 @@ def run_case(B, T, dtype_name, method, repeats, use_compile, breakdown=False, wa
     row["max_abs_diff_grad"] = diff_grad
     row["log_w_bitwise_equal"] = logw_equal
     if breakdown:
-        for name in ("ext_fwd_op", "ext_sum", "ext_bwd_op"):
+        for name in ("ext_fwd_op", "ext_bwd_op"):
             row[f"{name}_ms"] = statistics.median(times[name])
-        row["ext_rest_ms"] = row["ext_ms"] - row["ext_fwd_op_ms"] - row["ext_sum_ms"] - row["ext_bwd_op_ms"]
-    if j0 is not None and j1 is not None:  # CPU share other processes took during the timed runs (noise indicator)
-        hz, ncpu = os.sysconf("SC_CLK_TCK"), os.cpu_count() or 1
-        row["other_load"] = max(0.0, ((j1[0] - j0[0]) - (j1[1] - j0[1])) / hz / (wall * ncpu))
+        row["ext_rest_ms"] = row["ext_ms"] - row["ext_fwd_op_ms"] - row["ext_bwd_op_ms"]
+    row["other_load"] = load
+    return row
+
+
+def run_e2e(B, T, dtype_name, method, repeats, use_compile, warmup=3):
+    """policy_loss forward + backward with default metrics: python, ext, compile of python; and the bare op."""
+    dtype = DTYPES[dtype_name]
+    cfg = ctpo.method_config(method)
+    logp, old, adv, mask = make_inputs(B, T, dtype)
+    adv = adv[:, 0].contiguous()  # one advantage per row, as a training loop passes it
+    x = logp.clone().requires_grad_()
+    n = mask.sum().clamp(min=1).to(torch.float32)
+    args = op_args(cfg, B, T)
+
+    def policy(backend):
+        def loss_fn(lp):
+            return ctpo.policy_loss(lp, old, adv, mask, method=method, backend=backend)
+
+        return loss_fn
+
+    def fwd_bwd(loss_fn):
+        def f():
+            loss, metrics = loss_fn(x)
+            (g,) = torch.autograd.grad(loss, x)
+            return g, metrics
+
+        return f
+
+    def bare():
+        (g,) = torch.autograd.grad(torch.ops.ctpo.policy_loss(x, old, adv[:, None].expand(B, T), mask, None, *args)[1].sum() / n, x)
+        return g
+
+    fns = {"python": fwd_bwd(policy("python")), "ext": fwd_bwd(policy("ext")), "bare": bare}
+    compile_note = None
+    if use_compile:
+        try:
+            compiled = fwd_bwd(torch.compile(policy("python")))
+            compiled()  # compiles (graph breaks at the reference's data-dependent input checks)
+            fns["compile"] = compiled
+        except Exception as e:  # report, do not fail the benchmark
+            compile_note = f"{type(e).__name__}: {str(e).splitlines()[0][:100]}"
+    (g_p, m_p), (g_e, m_e) = fns["python"](), fns["ext"]()
+    times, load = run_blocks(fns, repeats, warmup)
+    row = {"B": B, "T": T, "dtype": dtype_name, "method": method}
+    for name in ("python", "compile", "ext", "bare"):
+        ts = times.get(name)
+        row[f"{name}_ms"] = statistics.median(ts) if ts else None
+        row[f"{name}_min_ms"] = min(ts) if ts else None
+    row["ext_x_python"] = row["python_ms"] / row["ext_ms"]
+    row["ext_over_bare_min"] = row["ext_min_ms"] / row["bare_min_ms"]
+    row["ext_x_compile"] = row["compile_ms"] / row["ext_ms"] if row["compile_ms"] else None
+    row["ext_over_bare"] = row["ext_ms"] / row["bare_ms"]
+    row["max_abs_diff_grad"] = (g_p.float() - g_e.float()).abs().max().item()
+    row["same_clip_counts"] = all(torch.equal(m_p[k], m_e[k]) for k in ("n_tokens", "n_clip_high", "n_clip_low", "n_clip_dual"))
+    row["compile_note"] = compile_note
+    row["other_load"] = load
     return row
 
 
@@ -194,22 +272,51 @@ def print_table(rows, file=sys.stdout):
 
 
 def print_breakdown(rows, file=sys.stdout):
-    print("\nwhere the ext's fwd+bwd time goes (medians, ms; rest = autograd + Python glue + the / n, by difference):", file=file)
-    head = f"{'B':>4} {'T':>6} {'dtype':>8} | {'fwd+bwd':>8} {'fwd op':>7} {'.sum()':>7} {'bwd op':>7} {'rest':>6} | {'floor':>6}"
+    print("\nwhere the ext's fwd+bwd time goes (medians, ms; rest = autograd + Python glue + the sum / n, by difference):", file=file)
+    head = f"{'B':>4} {'T':>6} {'dtype':>8} | {'fwd+bwd':>8} {'fwd op':>7} {'bwd op':>7} {'rest':>6} | {'floor':>6}"
     print(head, file=file)
     for r in rows:
         print(
-            f"{r['B']:>4} {r['T']:>6} {r['dtype']:>8} | {r['ext_ms']:8.3f} {r['ext_fwd_op_ms']:7.3f} {r['ext_sum_ms']:7.3f} "
+            f"{r['B']:>4} {r['T']:>6} {r['dtype']:>8} | {r['ext_ms']:8.3f} {r['ext_fwd_op_ms']:7.3f} "
             f"{r['ext_bwd_op_ms']:7.3f} {r['ext_rest_ms']:6.3f} | {r['floor_ms']:6.3f}",
             file=file,
         )
+
+
+def print_e2e(rows, file=sys.stdout):
+    print("\nend to end: ctpo.policy_loss(...) forward + backward with default metrics (medians, ms)", file=file)
+    head = (
+        f"{'method':>8} {'B':>4} {'T':>6} {'dtype':>8} | {'python':>8} {'compile':>8} {'ext':>7} {'bare op':>7} | "
+        f"{'ext x py':>8} {'x comp':>6} {'ext/bare':>8} | {'min: ext':>8} {'bare':>6} {'ratio':>5} | "
+        f"{'diff grad':>9} {'clips ==':>8} {'noise':>5}"
+    )
+    print(head, file=file)
+    print("-" * len(head), file=file)
+    for r in rows:
+        print(
+            f"{r['method']:>8} {r['B']:>4} {r['T']:>6} {r['dtype']:>8} | {fmt(r['python_ms'], '8.3f')} {fmt(r['compile_ms'], '8.3f')} "
+            f"{fmt(r['ext_ms'], '7.3f')} {fmt(r['bare_ms'], '7.3f')} | {fmt(r['ext_x_python'], '8.1f')} {fmt(r['ext_x_compile'], '6.1f')} "
+            f"{fmt(r['ext_over_bare'], '8.2f')} | {fmt(r['ext_min_ms'], '8.3f')} {fmt(r['bare_min_ms'], '6.3f')} "
+            f"{fmt(r['ext_over_bare_min'], '5.2f')} | {r['max_abs_diff_grad']:9.1e} {str(r['same_clip_counts']):>8} "
+            f"{fmt(r.get('other_load'), '5.0%')}",
+            file=file,
+        )
+    for r in rows:
+        if r["compile_note"]:
+            print(f"compile of the python path, {r['method']} {r['B']}x{r['T']}: {r['compile_note']}", file=file)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, help="BxT, e.g. 256x4096 (default: %(default)s)")
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=sorted(DTYPES))
-    ap.add_argument("--method", default="ctpo", choices=["ctpo", "ctpo-fixed", "ctpo-geomean"])
+    ap.add_argument("--method", default="ctpo", choices=sorted(ctpo.METHODS), help="the bare-op table's method")
+    ap.add_argument("--e2e-methods", nargs="+", default=E2E_METHODS, choices=sorted(ctpo.METHODS))
+    ap.add_argument("--no-e2e", action="store_true", help="skip the end-to-end policy_loss table")
+    ap.add_argument("--e2e-only", action="store_true", help="only the end-to-end policy_loss table")
+    ap.add_argument(
+        "--e2e-compile-sizes", nargs="*", default=["256x4096"], help="sizes whose end-to-end row also compiles the python path (slow)"
+    )
     ap.add_argument("--repeats", type=int, default=30, help="timed runs per backend (median reported)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     ap.add_argument("--json", action="store_true", help="print JSON (a list of objects) instead of the table")
@@ -217,29 +324,40 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     mod = ctpo_ext.load()
-    rows = []
+    rows, e2e = [], []
     for size in args.sizes:
         B, T = (int(v) for v in size.lower().split("x"))
         for dt in args.dtypes:
-            rows.append(run_case(B, T, dt, args.method, args.repeats, not args.no_compile, args.breakdown))
+            if not args.e2e_only:
+                rows.append(run_case(B, T, dt, args.method, args.repeats, not args.no_compile, args.breakdown))
+            if not args.no_e2e and dt == "float32":
+                for method in args.e2e_methods:
+                    use_compile = not args.no_compile and size in args.e2e_compile_sizes
+                    e2e.append(run_e2e(B, T, dt, method, args.repeats, use_compile))
             if not args.json:
                 print(f"done {size} {dt}", file=sys.stderr, flush=True)
     if args.json:
-        print(json.dumps(rows, indent=1))
-        return rows
+        print(json.dumps(rows + e2e, indent=1))
+        return rows + e2e
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
         f"ext CPU path {mod.compiled_cpu_path()}; method {args.method}; fwd+bwd of sum(per-token loss)/n, median of ~{args.repeats} runs"
     )
-    print("floor = logp->loss buf, old_logp->log_w buf, mask->bool buf (copy_), grad buf fill_: the op's minimal bytes, streamed once")
-    print_table(rows)
-    if args.breakdown:
+    print(
+        "floor = logp->loss buf, old_logp->log_w buf, mask->bool buf (copy_), grad buf fill_: the op's minimal bytes, streamed once; "
+        "load: " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+    )
+    if rows:
+        print_table(rows)
+    if args.breakdown and rows:
         print_breakdown(rows)
+    if e2e:
+        print_e2e(e2e)
     print(
         "ms: median of the interleaved runs (min: the fastest); x py / x comp / ext/floor: ratios of medians; noise: the CPU share "
         "other processes took meanwhile (timings with more than a few % are not trustworthy on a 2-core machine)"
     )
-    return rows
+    return rows + e2e
 
 
 if __name__ == "__main__":

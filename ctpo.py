@@ -412,8 +412,10 @@ def _check_knobs(cfg):
         need(math.isfinite(cfg["power"]), "power", "a finite number (0.5: the paper's sqrt(t); 0: a fixed window)")
 
 
-def check_inputs(logp, old_logp, advantages, mask):
-    """Validate shapes, dtypes and devices; return the mask as bool and the advantages as (B, T)."""
+def check_inputs(logp, old_logp, advantages, mask, check_values=True):
+    """Validate shapes, dtypes and devices; return the mask as bool, old_logp and the advantages as (B, T), detached.
+    check_values: also the per-token pass that rejects NaN / inf at mask=1 positions (`check_finite`); the fused
+    kernel does that check itself, in the same pass as the loss."""
     for name, x in (("logp", logp), ("old_logp", old_logp), ("advantages", advantages), ("mask", mask)):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
@@ -436,17 +438,24 @@ def check_inputs(logp, old_logp, advantages, mask):
     # old_logp and the advantages are data, never differentiated (the README's contract: only logp gets a gradient)
     old_logp, advantages = old_logp.detach(), advantages.detach()
     adv = advantages if advantages.dim() == 2 else advantages[:, None].expand_as(logp)
+    if check_values:
+        check_finite(logp, old_logp, adv, mask)
+    return mask, old_logp, adv
+
+
+def check_finite(logp, old_logp, adv, mask):
+    """ValueError naming the first of logp, old_logp, advantages with a NaN or inf at a mask=1 position."""
     # one pass for the common case (a NaN or inf in any input makes the sum non-finite), then find which
     if not bool(torch.isfinite(torch.where(mask, logp.detach().float() + old_logp.float() + adv.float(), 0.0)).all()):
         for name, x in (("logp", logp), ("old_logp", old_logp), ("advantages", adv)):
             if not bool(torch.isfinite(torch.where(mask, x.detach(), 0.0)).all()):
                 raise ValueError(f"{name}: NaN or inf at a mask=1 position")
-    return mask, old_logp, adv
 
 
-def check_token_tensor(name, x, logp, mask, nonnegative=False):
+def check_token_tensor(name, x, logp, mask, nonnegative=False, check_values=True):
     """Validate an optional per-token input (ref_logp, rollout_is_weights): a (B, T) float tensor like logp,
-    finite (and >= 0 if asked) at every mask=1 position. Returns it detached: it never gets a gradient."""
+    finite (and >= 0 if asked) at every mask=1 position (check_values=False: the fused kernel checks the values).
+    Returns it detached: it never gets a gradient."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if x.shape != logp.shape or not x.is_floating_point():
@@ -454,10 +463,15 @@ def check_token_tensor(name, x, logp, mask, nonnegative=False):
     if x.device != logp.device:
         raise ValueError(f"{name}: expected device {logp.device} like logp, got {x.device}")
     x = x.detach()
-    ok = torch.isfinite(x) & (x >= 0) if nonnegative else torch.isfinite(x)
-    if not bool((ok | ~mask).all()):
-        raise ValueError(f"{name}: expected finite{' non-negative' if nonnegative else ''} values at every mask=1 position")
+    if check_values:
+        ok = torch.isfinite(x) & (x >= 0) if nonnegative else torch.isfinite(x)
+        if not bool((ok | ~mask).all()):
+            raise ValueError(_bad_values_message(name, nonnegative))
     return x
+
+
+def _bad_values_message(name, nonnegative):
+    return f"{name}: expected finite{' non-negative' if nonnegative else ''} values at every mask=1 position"
 
 
 def importance_log_weights(logp, old_logp, mask, cfg):
@@ -511,24 +525,29 @@ def aggregate(loss, mask, agg="token-mean", num_tokens=None, num_seqs=None, loss
     seq-mean-token-sum-norm: sum_{i,t} L / num_seqs / loss_scale_factor  (Dr. GRPO; default: T, the
                              padded response length; pass the max response length to keep it constant)
     With gradient accumulation or several ranks, pass the global num_tokens / num_seqs: then summing
-    the micro-batch losses gives exactly the full-batch loss and gradient.
+    the micro-batch losses gives exactly the full-batch loss and gradient. Every mode is a function of the
+    per-row sums sum_t L and the row token counts n_i (`aggregate_rows`, which the fused kernel feeds).
     """
+    return aggregate_rows(loss.sum(dim=-1), mask.sum(dim=-1), mask.shape[-1], agg, num_tokens, num_seqs, loss_scale_factor)
+
+
+def aggregate_rows(row_loss, n_i, T, agg="token-mean", num_tokens=None, num_seqs=None, loss_scale_factor=None):
+    """`aggregate` from per-row loss sums row_loss (B,) and per-row token counts n_i (B,); T = mask.shape[-1]."""
     if agg not in AGGS:
         raise ValueError(f"agg: unknown {agg!r}; expected one of {list(AGGS)}")
     for name, x in (("num_tokens", num_tokens), ("num_seqs", num_seqs), ("loss_scale_factor", loss_scale_factor)):
         if x is not None and not isinstance(x, torch.Tensor) and not (isinstance(x, (int, float)) and 0 <= x < math.inf):
             raise ValueError(f"{name}: expected a finite count >= 0 (or None), got {x!r}")
-    n_i = mask.sum(dim=-1)  # (B,)
     if agg == "token-mean":
-        return loss.sum() / _at_least_one(n_i.sum() if num_tokens is None else num_tokens, loss)
+        return row_loss.sum() / _at_least_one(n_i.sum() if num_tokens is None else num_tokens, row_loss)
     if agg == "token-sum":
-        return loss.sum()
-    denom = _at_least_one((n_i > 0).sum() if num_seqs is None else num_seqs, loss)
+        return row_loss.sum()
+    denom = _at_least_one((n_i > 0).sum() if num_seqs is None else num_seqs, row_loss)
     if agg == "seq-mean-token-sum":
-        return loss.sum() / denom
+        return row_loss.sum() / denom
     if agg == "seq-mean-token-sum-norm":
-        return loss.sum() / denom / _at_least_one(mask.shape[-1] if loss_scale_factor is None else loss_scale_factor, loss)
-    return (loss.sum(dim=-1) / n_i.clamp(min=1)).sum() / denom
+        return row_loss.sum() / denom / _at_least_one(T if loss_scale_factor is None else loss_scale_factor, row_loss)
+    return (row_loss / n_i.to(row_loss.dtype).clamp(min=1)).sum() / denom
 
 
 def _at_least_one(count, like):
@@ -536,33 +555,76 @@ def _at_least_one(count, like):
     return torch.as_tensor(count, dtype=like.dtype, device=like.device).clamp(min=1)
 
 
-@torch.no_grad()
-def loss_metrics(log_w, t, mask, flags):
-    """Clip fractions (high / low / dual, paper directions), weight statistics, per-position data."""
-    n = mask.sum()
-    nf = n.clamp(min=1).float()
-    high, low, dual = flags
-    m = {"n_tokens": n, "n_clip_high": high.sum(), "n_clip_low": low.sum(), "n_clip_dual": dual.sum()}
-    m["clip_frac_high"], m["clip_frac_low"], m["clip_frac_dual"] = high.sum() / nf, low.sum() / nf, dual.sum() / nf
-    m["clip_frac"] = (high | low | dual).sum() / nf
-    w = torch.exp(log_w.float())  # (B, T) the importance weights actually used
-    one, inf = torch.ones((), device=w.device), torch.tensor(float("inf"), device=w.device)
-    if w.numel() == 0:  # B = 0 or T = 0: amin / amax of nothing is an error; describe one masked-out token
-        w, mask = one.view(1, 1), torch.zeros(1, 1, dtype=torch.bool, device=w.device)
-    empty = n == 0  # nothing to describe: report the on-policy value 1, never NaN or inf
-    m["ratio_mean"] = torch.where(empty, one, torch.where(mask, w, 0.0).sum() / nf)
-    m["ratio_min"] = torch.where(empty, one, torch.where(mask, w, inf).amin())
-    m["ratio_max"] = torch.where(empty, one, torch.where(mask, w, -inf).amax())
-    # nearest-rank quantiles by selection; beyond 2^16 tokens from an evenly strided subsample (cheap, and
-    # plenty for a metric)
-    stride = max(1, math.ceil(w.numel() / 2**16))
-    sample = w.flatten()[::stride][mask.flatten()[::stride]]
+QUANTILE_SAMPLE = 4096  # the ratio quantiles look at about this many positions (all of them below)
+QUANTILES = (10, 50, 90)  # ratio_q10 / q50 / q90, in percent
+
+
+def quantile_stride(B, T):
+    """Stride s of the quantiles' subsample: flat positions 0, s, 2s, ... of a (B, T) batch, s = ceil(B T / 4096),
+    raised to the next integer coprime to T, so that the sample visits every response position t evenly (a stride
+    that divides T would see the same few positions in every row)."""
+    s = max(1, -(-B * T // QUANTILE_SAMPLE))
+    while T > 1 and math.gcd(s, T) != 1:
+        s += 1
+    return s
+
+
+def log_w_quantiles(log_w, mask):
+    """Nearest-rank 10/50/90 % quantiles (k = max(1, ceil(q n / 100))) of log w over the mask tokens among the
+    positions of `quantile_stride` (if those positions hold none, a sparse mask: the first 4096 mask tokens in
+    flat order; 0 if there are none). (3,).
+    Exact up to 4096 positions; beyond, those of a sample of about 4096 evenly strided positions: the returned
+    value's rank among all mask tokens is then off by about 1/sqrt(4096) = 1.6 % of the count at most in
+    practice (tests/test_ext.py checks +-3 % on 2^20 tokens)."""
+    s = quantile_stride(*mask.shape)
+    sample = log_w.reshape(-1)[::s][mask.reshape(-1)[::s]]
     if sample.numel() == 0:  # a sparse mask that the stride missed, or no tokens at all
-        sample = w[mask] if bool(n) else one[None]
-    for q in (10, 50, 90):
-        m[f"ratio_q{q}"] = sample.kthvalue(max(1, math.ceil(q / 100 * sample.numel()))).values
-    # per-token data for plots against the position t (the paper's Figure 1)
-    m["log_w"], m["t"], m["clipped"] = log_w.detach(), t, high | low | dual
+        sample = log_w[mask][:QUANTILE_SAMPLE]
+    if sample.numel() == 0:
+        return log_w.new_zeros(len(QUANTILES))
+    return torch.stack([sample.kthvalue(max(1, math.ceil(q / 100 * sample.numel()))).values for q in QUANTILES])
+
+
+@torch.no_grad()
+def loss_metrics(log_w, mask, flags):
+    """Clip fractions (high / low / dual, paper directions), weight statistics, per-position data.
+
+    The per-token data are reduced to a few sums first (the fused kernel returns the same sums per row, and
+    `metrics_from_sums` finishes both backends' metrics): n_tokens, clip counts (0-dim int64), clip fractions,
+    ratio_mean / min / max and the ratio quantiles ratio_q10 / q50 / q90 (`log_w_quantiles`: exact up to 4096
+    positions, a strided subsample beyond), float32; all 1 (on-policy) without tokens. Per-token (B, T) data
+    for plots against the position t = response_position(mask) (the paper's Figure 1): log_w, clipped (bool).
+    """
+    high, low, dual = flags
+    inf = torch.tensor(float("inf"), dtype=log_w.dtype, device=log_w.device)
+    if log_w.numel() == 0:  # B = 0 or T = 0: amin / amax of nothing is an error
+        lw_min, lw_max = inf, -inf
+    else:
+        lw_min, lw_max = torch.where(mask, log_w, inf).amin(), torch.where(mask, log_w, -inf).amax()
+    sum_w = torch.where(mask, torch.exp(log_w.float()), 0.0).sum()  # the importance weights actually used
+    counts = (mask.sum(), high.sum(), low.sum(), dual.sum(), (high | low | dual).sum())
+    m = metrics_from_sums(torch.stack(counts), sum_w, lw_min, lw_max, log_w_quantiles(log_w, mask))
+    m["log_w"], m["clipped"] = log_w.detach(), high | low | dual
+    return m
+
+
+def metrics_from_sums(counts, sum_w, lw_min, lw_max, lw_q):
+    """The scalar metrics from the batch's counts (5,): mask tokens, clipped high / low / dual, clipped by any;
+    the sum of w over mask tokens, the min / max of log w (0-dim) and its quantiles (3,). A few vector ops, so
+    that a training step's metrics cost microseconds."""
+    counts = counts.long()
+    n = counts[0]
+    nf = n.clamp(min=1).float()
+    frac = counts[1:].float() / nf  # (4,)
+    empty = n == 0  # nothing to describe: report the on-policy value 1, never NaN or inf
+    lw = torch.cat([lw_min.view(1), lw_max.view(1), lw_q.view(-1)]).float()
+    w = torch.where(empty, 1.0, torch.cat([sum_w.float().view(1) / nf, torch.exp(lw)]))  # exp is monotone: exp of the extremes
+    c, f, w = counts.unbind(), frac.unbind(), w.unbind()
+    m = {"n_tokens": c[0], "n_clip_high": c[1], "n_clip_low": c[2], "n_clip_dual": c[3]}
+    m["clip_frac_high"], m["clip_frac_low"], m["clip_frac_dual"], m["clip_frac"] = f
+    m["ratio_mean"], m["ratio_min"], m["ratio_max"] = w[:3]
+    for i, q in enumerate(QUANTILES):
+        m[f"ratio_q{q}"] = w[3 + i]
     return m
 
 
@@ -592,14 +654,15 @@ def policy_loss(
                 clip_low, clip_high, clip_c, power, eps_low, eps_high, dual_c, geomean, stop_gradient,
                 delta_max, log_w_max, ratio, clip
     agg, num_tokens, num_seqs, loss_scale_factor: see `aggregate` (verl's loss_agg_mode names)
-    backend:    python (this file) | ext (the fused C++/CUDA op) | auto (ext if it builds, else python)
+    backend:    python (this file) | ext (the fused C++/CUDA op: every method, stop-gradient form only)
+                | auto (ext if it builds, else python)
     ref_logp, beta: optional k3 KL penalty to a frozen reference policy (paper: beta = 0)
     rollout_is_weights: optional (B, T) >= 0 weights multiplying each token's loss (verl's name: truncated
                 importance weights between the inference engine's and the trainer's log-probs)
     Only logp receives a gradient. Returns the scalar loss (float32, float64 for float64 logp) and a
     dict of metrics (`loss_metrics`). Raises ValueError / TypeError naming a bad input or knob.
     """
-    mask, old_logp, adv = check_inputs(logp, old_logp, advantages, mask)
+    mask, old_logp, adv = check_inputs(logp, old_logp, advantages, mask, check_values=False)
     if backend not in BACKENDS:
         raise ValueError(f"backend: unknown {backend!r}; expected one of {list(BACKENDS)}")
     if agg not in AGGS:
@@ -611,17 +674,20 @@ def policy_loss(
             raise ValueError("ref_logp: required when beta != 0")
         ref_logp = check_token_tensor("ref_logp", ref_logp, logp, mask)
     if rollout_is_weights is not None:
-        rollout_is_weights = check_token_tensor("rollout_is_weights", rollout_is_weights, logp, mask, nonnegative=True)
+        rollout_is_weights = check_token_tensor("rollout_is_weights", rollout_is_weights, logp, mask, nonnegative=True, check_values=False)
     cfg = method_config(method, **knobs)
     use_ext = backend != "python" and _ext_usable(backend, cfg, logp)
-    if use_ext:
-        loss_tok, log_w, t, flags = _ext_token_losses(logp, old_logp, adv, mask, cfg)
+    if use_ext:  # one fused op: loss, per-row sums, metric partials and the value checks
+        loss, metrics = _ext_policy_loss(logp, old_logp, adv, mask, cfg, rollout_is_weights, agg, num_tokens, num_seqs, loss_scale_factor)
     else:
+        check_finite(logp, old_logp, adv, mask)
+        if rollout_is_weights is not None:
+            check_token_tensor("rollout_is_weights", rollout_is_weights, logp, mask, nonnegative=True)
         loss_tok, log_w, t, flags = token_losses(logp, old_logp, adv, mask, cfg)
-    if rollout_is_weights is not None:  # where, not a product: padding weights may be anything
-        loss_tok = torch.where(mask, loss_tok * rollout_is_weights.to(loss_tok.dtype), 0.0)
-    loss = aggregate(loss_tok, mask, agg, num_tokens, num_seqs, loss_scale_factor)
-    metrics = loss_metrics(log_w, t, mask, flags)
+        if rollout_is_weights is not None:  # where, not a product: padding weights may be anything
+            loss_tok = torch.where(mask, loss_tok * rollout_is_weights.to(loss_tok.dtype), 0.0)
+        loss = aggregate(loss_tok, mask, agg, num_tokens, num_seqs, loss_scale_factor)
+        metrics = loss_metrics(log_w, mask, flags)
     if beta != 0:
         # both zeroed on padding (which may hold -inf), so the backward never meets exp() of garbage there
         lp, ref = (torch.where(mask, x.float(), 0.0) for x in (logp, ref_logp))
@@ -639,8 +705,9 @@ def kl_k3(logp, ref_logp):
 
 
 # -----------------------------------------------------------------------------
-# The fused extension backend (csrc/, loaded by ctpo_ext.py). Only the cumulative family with the
-# adaptive log window and the stop-gradient form has a fused kernel; everything else is Python.
+# The fused extension backend (csrc/, loaded by ctpo_ext.py): one op computes, per row, everything the Python
+# path above computes per token (loss, log w, clip flags, the metrics' sums, the inputs' value checks); here
+# only O(B) values are aggregated. Every ratio and clip family; the stop-gradient form only.
 
 _ext_warned = False
 
@@ -648,8 +715,8 @@ _ext_warned = False
 def _ext_usable(backend, cfg, logp):
     global _ext_warned
     why = None
-    if cfg["ratio"] != "cumulative" or cfg["clip"] != "adaptive" or not cfg["stop_gradient"]:
-        why = "the fused kernel covers the cumulative ratio with the adaptive clip and stop-gradient only"
+    if not cfg["stop_gradient"]:
+        why = "the fused kernel implements the stop-gradient form only; stop_gradient=False is a Python teaching option (backend='python')"
     else:
         try:
             import ctpo_ext
@@ -668,23 +735,37 @@ def _ext_usable(backend, cfg, logp):
     return False
 
 
-def _ext_token_losses(logp, old_logp, adv, mask, cfg):
+def _ext_op_args(cfg):
+    """(ratio, lower, upper, dual, power) of the op for the method in cfg: the window on log w at position t is
+    [lower t^p, upper t^p] with dual cap dual t^p; PPO's ratio window is the constant one (p = 0)."""
+    ratio = "cumulative-geomean" if cfg["ratio"] == "cumulative" and cfg["geomean"] else cfg["ratio"]
+    if cfg["clip"] == "ratio":
+        return (ratio, *ratio_clip_bounds(cfg["eps_low"], cfg["eps_high"], cfg["dual_c"]), 0.0)
+    return ratio, -cfg["clip_low"], cfg["clip_high"], cfg["clip_c"], cfg["power"]
+
+
+_EXT_INPUT_NAMES = ((8, "logp", False), (9, "old_logp", False), (10, "advantages", False), (11, "rollout_is_weights", True))
+
+
+def _ext_policy_loss(logp, old_logp, adv, mask, cfg, rollout_is_weights, agg, num_tokens, num_seqs, loss_scale_factor):
     import ctpo_ext
 
-    loss, log_w = ctpo_ext.ctpo_token_loss(
-        logp,
-        old_logp,
-        adv,
-        mask,
-        cfg["clip_low"],
-        cfg["clip_high"],
-        cfg["clip_c"],
-        cfg["power"],
-        cfg["geomean"],
-        cfg["delta_max"],
-        cfg["log_w_max"],
-    )
-    t = response_position(mask)
-    lower, upper, dual = clip_bounds(t, cfg, log_w.dtype)
-    flags = tuple(f & mask for f in clip_flags(log_w, adv.to(log_w.dtype), lower, upper, dual))
-    return loss, log_w, t, flags
+    ratio, lower, upper, dual, power = _ext_op_args(cfg)
+    B, T = mask.shape
+    out = torch.ops.ctpo.policy_loss(
+        logp, old_logp, adv, mask, rollout_is_weights, ctpo_ext.RATIO_CODES[ratio], float(lower), float(upper), float(dual),
+        float(power), float(cfg["delta_max"]), float(cfg["log_w_max"]), quantile_stride(B, T),
+    )  # fmt: skip
+    loss_tok, row_loss, log_w, clipped, _, stats, tot, lw_q = out  # stats (12, B), tot (12,): ctpo_ext.STATS
+    # the inputs' value checks, as check_finite / check_token_tensor would raise them (one sync, O(1) data)
+    if torch.compiler.is_compiling():
+        torch._assert_async(tot[8:].sum() == 0, "policy_loss: NaN or inf (or a negative rollout weight) at a mask=1 position")
+    elif bool(tot[8:].any()):
+        for col, name, nonneg in _EXT_INPUT_NAMES:
+            if bool(tot[col]):
+                raise ValueError(_bad_values_message(name, nonneg) if nonneg else f"{name}: NaN or inf at a mask=1 position")
+    # row sums in float64 (the kernel's accumulator): the aggregate is rounded once, to the loss's dtype
+    loss = aggregate_rows(row_loss, stats[0], T, agg, num_tokens, num_seqs, loss_scale_factor).to(loss_tok.dtype)
+    m = metrics_from_sums(tot[:5], tot[5], tot[6], tot[7], lw_q)  # without tokens: min +inf, max -inf, shown as 1
+    m["log_w"], m["clipped"] = log_w, clipped
+    return loss, m

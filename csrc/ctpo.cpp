@@ -1,35 +1,47 @@
-// CTPO fused token loss: the cumulative ratio + position-adaptive clip step, one pass over memory.
+// CTPO fused policy loss: every ratio of the family, both clip families, the metrics' partial sums, one pass.
 //
-// ctpo::token_loss(logp, old_logp, adv, mask, clip_low, clip_high, clip_c, power, geomean,
-//                  delta_max, log_w_max) -> (loss, log_w, pass_bits)
-// ctpo::token_loss_backward(grad_loss, loss, pass_bits, grad_dtype) -> grad_logp
+// ctpo::policy_loss(logp, old_logp, adv, mask, rollout_is_weights?, ratio, lower, upper, dual, power,
+//                   delta_max, log_w_max, sample_stride)
+//     -> (loss, row_loss, log_w, clipped, pass_bits, stats, totals, log_w_q)
+// ctpo::policy_loss_backward(grad_loss?, grad_row_loss?, loss, pass_bits, grad_dtype) -> grad_logp
 //
-// Per row, in one pass (ctpo.token_losses is the reference, semantics bit for bit where it can be):
-//   delta_t = clamp(logp_t - old_logp_t, -delta_max, delta_max)   (compute dtype C; the clamp guards
-//             the value only: d delta_t / d logp_t stays 1, as in the reference)
-//   S_t     = sum_{t' <= t, m} delta_t'       accumulated in float64, rounded to C (as torch.cumsum)
-//   n_t     = 1-indexed response position (masked tokens do not advance it)
-//   log_w   = min(where(m, S_t [/ n_t for geomean], 0), log_w_max)
-//   bounds  = clip * C(t^p), t^p in float64 then rounded to C, product in C (as adaptive_clip_bounds)
-//   loss    = -A * exp(sel), sel = log_w, or the bound it is clipped to (high: A>0 and log_w > hi;
-//             low: A<0 and log_w < lo; dual: A<0 and log_w > c); one exp per element
-//   d loss_t / d logp_t (stop-gradient form) is -A * rho_t, which is loss_t itself, for the tokens that
-//             pass the gradient (response tokens, not clipped, log_w <= log_w_max as torch.clamp), and
-//             exactly 0 for all others. The forward writes that as one bit per token (pass_bits, (B, NB)
-//             uint8 with NB = 4 * ceil(T / 32), bit j of a row at byte j / 8, bit j % 8): the backward is
-//             grad_logp = pass ? grad * loss : 0. Bytes moved per token, fwd + bwd: inputs 9 (float32),
-//             loss + log_w 8, bits 1/8; backward: loss 4 + bits 1/8 in, grad 4 out.
-// C = float32 for float16/bfloat16/float32 inputs, float64 for float64 inputs.
+// Per row (ctpo.token_losses + ctpo.loss_metrics are the reference; the same bits where it can be):
+//   delta_t = clamp(logp_t - old_logp_t, -delta_max, delta_max)   (compute dtype C; the clamp guards the value
+//             only: d delta_t / d logp_t stays 1)
+//   v_t     = by `ratio`: 0 token: delta_t; 1 sequence: D = sum_{mask} delta (the whole row, float64, rounded to
+//             C); 2 gspo: D / H (H = response tokens of the row); 3 cumulative: S_t = sum_{t' <= t, mask}
+//             delta_t' (float64 running sum, rounded to C: torch.cumsum's bits); 4 cumulative-geomean: S_t / t
+//   log_w   = min(where(mask, v_t, 0), log_w_max)
+//   bounds  = (lower, upper, dual) * C(t^p), t = 1-indexed response position, t^p in float64 rounded to C. The PPO
+//             ratio window is power = 0 with (log(1 - eps_low), log1p(eps_high), log(dual_c)); CTPO's window is
+//             (-clip_low, clip_high, clip_c) with its power.
+//   clip    = high: A > 0 and log_w > upper; low: A < 0 and log_w < lower; dual: A < 0 and log_w > dual
+//   sel     = high ? upper : low ? lower : dual ? dual : log_w, and 0 where A == 0 (no signal: never 0 * exp(big))
+//   loss    = where(mask, -A * exp(sel) * rw, 0)      (rw = rollout_is_weights, or 1)
+//   d loss_t / d logp_t (stop-gradient form) = loss_t for the tokens that pass the gradient (mask, not clipped,
+//             log_w <= log_w_max as torch.clamp, A != 0), exactly 0 for all others: one bit per token in
+//             pass_bits ((B, NB) uint8, NB = 4 * ceil(T / 32), bit j at byte j / 8, bit j % 8).
+// Outputs: loss (B, T) C; row_loss (B,) float64 = sum_t loss (accumulated in float64 and kept: the aggregation
+//   then rounds once, to the loss's dtype), differentiable like loss;
+//   log_w (B, T) C; clipped (B, T) bool = mask & (high | low | dual); stats (12, B) float64 per-row partials
+//   (ctpo_layout.h: token count, clip counts by direction, sum of exp(log_w), min / max of log_w, and 0/1 flags
+//   for a non-finite logp / old_logp / adv or a non-finite or negative rollout weight at a mask=1 position;
+//   one contiguous row per statistic); totals (12,) float64: the same over the batch (sums; min of the mins,
+//   max of the maxes), reduced in row order after the rows (deterministic, independent of the threads);
+//   log_w_q (3,) C: nearest-rank 10/50/90 % quantiles of log_w over the mask tokens among the flat positions
+//   0, s, 2s, ... (s = sample_stride; if that sample holds none, the first 4096 mask tokens in flat order; 0 if
+//   there are none).
+// C = float32 for float16/bfloat16/float32 logp, float64 for float64 logp.
 //
-// Three CPU row kernels, one chosen per build: a hand-written AVX-512 one (CPU_CAPABILITY_AVX512), a
-// portable at::vec one (AVX2 builds), a scalar one (no SIMD capability; also float64). All three give the
-// same bits for log_w and the clip decisions; tests check each against the reference.
+// CPU row kernels: a hand-written AVX-512 one (float32 compute, CPU_CAPABILITY_AVX512 builds), a portable at::vec
+// one (AVX2 builds) and a scalar one (float64, and builds without a SIMD capability). All give the same log_w bits
+// and clip decisions for the token and cumulative ratios; for sequence / gspo the AVX-512 kernel sums the row
+// total in another float64 order (a last-bit difference at most).
 // Build: see ctpo_ext.py / setup.py. Needs -fopenmp (else at::parallel_for runs serially) and the
-// CPU_CAPABILITY defines (else at::vec compiles to its scalar emulation).
+// CPU_CAPABILITY defines.
 
 #include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
@@ -44,9 +56,11 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -73,15 +87,15 @@ using c10::Half;
 static std::atomic<int> g_cpu_path{0};
 
 struct Knobs {
-  double clip_low, clip_high, clip_c, power, delta_max, log_w_max;
-  bool geomean;
+  int ratio;
+  double lower, upper, dual, power, delta_max, log_w_max;
 };
 
 // ---------------------------------------------------------------------------------------------
-// Per-position table s[t] = C(t^p) for t = 0..T (t = 0 is read for masked lanes only and is given
-// t = 1's value, as t.clamp(min=1)). t^p is computed in float64 with the same special cases as
-// torch.pow(Tensor, Scalar) (sqrt, rsqrt, reciprocal, square, cube), then rounded to C: bit-identical
-// to ctpo.adaptive_clip_bounds. It depends only on (p, T): the last table is kept and reused.
+// Per-position table s[t] = C(t^p) for t = 0..T (t = 0 is read for masked lanes only and is given t = 1's
+// value, as t.clamp(min=1)). t^p is computed in float64 with the same special cases as
+// torch.pow(Tensor, Scalar) (sqrt, rsqrt, reciprocal, square, cube), then rounded to C: bit-identical to
+// ctpo.adaptive_clip_bounds. It depends only on (p, T): the last table is kept and reused.
 
 static double pow_like_torch(double t, double p) {
   if (p == 0.0) return 1.0;
@@ -211,9 +225,68 @@ static at::Tensor new_output(at::IntArrayRef sizes, at::ScalarType dtype) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Per-row outputs and statistics
+
+template <typename C>
+struct RowIO {
+  const void* lp;  // IL
+  const void* ol;  // IO
+  const bool* m;
+  const C* At;  // per-token advantages, or nullptr: A_row for the whole row
+  C A_row;
+  const C* rw;  // rollout weights (compute dtype, unit stride) or nullptr
+  C* loss;
+  C* lwo;
+  bool* clipped;
+  uint8_t* bits;
+  double* st;  // kNumStats doubles
+  double loss_sum;
+};
+
+using namespace ctpo_layout;
+
+template <typename C>
+static inline bool finite(C x) {
+  return std::isfinite(x);
+}
+
+// the precise finiteness flags for logp and old_logp of one row (the kernels test their difference first)
+template <typename IL, typename IO>
+static void flag_inputs_row(const IL* lp, const IO* ol, const bool* m, int64_t T, double* st) {
+  bool blp = false, bol = false;
+  for (int64_t j = 0; j < T; ++j) {
+    if (!m[j]) continue;
+    blp = blp || !std::isfinite(static_cast<double>(lp[j]));
+    bol = bol || !std::isfinite(static_cast<double>(ol[j]));
+  }
+  st[kStatBadLogp] = blp ? 1.0 : 0.0;
+  st[kStatBadOldLogp] = bol ? 1.0 : 0.0;
+}
+
+// Every row kernel ends the same way: its counts, sum of w and log w extremes into the row's stats (ctpo_layout.h),
+// and the bad-value flags; which of logp / old_logp was not finite is found by a second pass over that row only
+// (flag_inputs_row), never over a good one.
+template <typename IL, typename IO>
+static inline void write_row_stats(double* st, int64_t n, int64_t nh, int64_t nl, int64_t nd, int64_t nc, double sum_w, double mn,
+                                   double mx, bool bad_d, bool bad_a, bool bad_r, const IL* lp, const IO* ol, const bool* m, int64_t T) {
+  st[kStatTokens] = static_cast<double>(n);
+  st[kStatHigh] = static_cast<double>(nh);
+  st[kStatLow] = static_cast<double>(nl);
+  st[kStatDual] = static_cast<double>(nd);
+  st[kStatClipped] = static_cast<double>(nc);
+  st[kStatSumW] = sum_w;
+  st[kStatMinLogW] = mn;
+  st[kStatMaxLogW] = mx;
+  st[kStatBadLogp] = st[kStatBadOldLogp] = 0.0;
+  if (bad_d) flag_inputs_row<IL, IO>(lp, ol, m, T, st);
+  st[kStatBadAdv] = bad_a ? 1.0 : 0.0;
+  st[kStatBadWeights] = bad_r ? 1.0 : 0.0;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Scalar row kernel: the reference semantics written out per element, float64 accumulation in order
-// (exactly torch.cumsum's). Used for float64 inputs, for builds without a SIMD capability, and by the
-// tests (g_cpu_path = 1) as a cross-check of the vector kernels.
+// (exactly torch.cumsum's). Used for float64 inputs, for builds without AVX-512, and by the tests
+// (g_cpu_path = 1) as a cross-check of the vector kernel.
 
 template <typename C>
 static inline C clamp_like_torch(C x, C lo, C hi) {  // min(max(x, lo), hi), NaN propagates
@@ -221,57 +294,111 @@ static inline C clamp_like_torch(C x, C lo, C hi) {  // min(max(x, lo), hi), NaN
 }
 
 template <typename IL, typename IO, typename C>
-static void row_scalar(const IL* lp, const IO* ol, const bool* m, const C* At, C A_row, int64_t T, const C* s_tab,
-                       const Knobs& k, C* loss, C* lwo, uint8_t* bits) {
+static void row_scalar(RowIO<C>& r, int64_t T, const C* s_tab, const Knobs& k) {
+  const IL* lp = static_cast<const IL*>(r.lp);
+  const IO* ol = static_cast<const IO*>(r.ol);
+  const bool* m = r.m;
   const C dm = static_cast<C>(k.delta_max), ndm = -dm, lwm = static_cast<C>(k.log_w_max);
-  const C clo = static_cast<C>(-k.clip_low), chi = static_cast<C>(k.clip_high), cc = static_cast<C>(k.clip_c);
-  double S = 0.0;
-  int64_t n = 0;
+  const C clo = static_cast<C>(k.lower), chi = static_cast<C>(k.upper), cc = static_cast<C>(k.dual);
+  const C inf = std::numeric_limits<C>::infinity();
+  C row_v = C(0);  // sequence / gspo: the row's log ratio, on every token
+  if (k.ratio == kSequence || k.ratio == kGspo) {
+    double tot = 0.0;
+    int64_t cnt = 0;
+    for (int64_t j = 0; j < T; ++j) {
+      if (!m[j]) continue;
+      tot += static_cast<double>(clamp_like_torch(static_cast<C>(lp[j]) - static_cast<C>(ol[j]), ndm, dm));
+      ++cnt;
+    }
+    row_v = static_cast<C>(tot);
+    if (k.ratio == kGspo) row_v = row_v / static_cast<C>(std::max<int64_t>(cnt, 1));
+  }
+  double S = 0.0, sum_w = 0.0, lsum = 0.0;
+  int64_t n = 0, nh = 0, nl = 0, nd = 0, nc = 0;
+  C mn = inf, mx = -inf;
+  bool bad_d = false, bad_a = false, bad_r = false;
   unsigned byte = 0;
   for (int64_t j = 0; j < T; ++j) {
     const C d = static_cast<C>(lp[j]) - static_cast<C>(ol[j]);
     const C dc = clamp_like_torch(d, ndm, dm);
     const bool mj = m[j];
-    C lwpre = C(0);
+    C v = C(0);
     if (mj) {
-      S += static_cast<double>(dc);
       ++n;
-      const C Sc = static_cast<C>(S);
-      lwpre = k.geomean ? Sc / static_cast<C>(n) : Sc;
+      bad_d = bad_d || !finite(d);
+      switch (k.ratio) {
+        case kToken: v = dc; break;
+        case kSequence:
+        case kGspo: v = row_v; break;
+        case kCumulative:
+          S += static_cast<double>(dc);
+          v = static_cast<C>(S);
+          break;
+        default:
+          S += static_cast<double>(dc);
+          v = static_cast<C>(S) / static_cast<C>(n);
+      }
     }
-    const C lw = lwpre > lwm ? lwm : lwpre;  // torch.clamp(max=): NaN stays NaN
-    const bool glw = lwpre <= lwm;
-    const C A = At ? At[j] : A_row;
+    const C lw = v > lwm ? lwm : v;  // torch.clamp(max=): NaN stays NaN
+    const bool glw = v <= lwm;
+    const C A = r.At ? r.At[j] : r.A_row;
     const C s = s_tab[n];
     const C lo = clo * s, hi = chi * s, c = cc * s;
     const bool high = A > C(0) && lw > hi;
     const bool low = A < C(0) && lw < lo;
     const bool dual = A < C(0) && lw > c;
     C sel = lw;
-    if (high) sel = hi;
-    if (low) sel = lo;
     if (dual) sel = c;
-    const C l = (-A) * std::exp(sel);
-    loss[j] = mj ? l : C(0);
-    lwo[j] = lw;
-    byte |= static_cast<unsigned>(mj && !(high || low || dual) && glw) << (j & 7);
+    if (low) sel = lo;
+    if (high) sel = hi;
+    if (A == C(0)) sel = C(0);
+    C l = (-A) * std::exp(sel);
+    if (r.rw) {
+      const C w8 = r.rw[j];
+      l = l * w8;
+      bad_r = bad_r || (mj && !(w8 >= C(0) && w8 < inf));
+    }
+    l = mj ? l : C(0);
+    r.loss[j] = l;
+    r.lwo[j] = lw;
+    const bool clip = mj && (high || low || dual);
+    r.clipped[j] = clip;
+    const bool pass = mj && !(high || low || dual) && glw && A != C(0);
+    byte |= static_cast<unsigned>(pass) << (j & 7);
     if ((j & 7) == 7 || j == T - 1) {
-      bits[j >> 3] = static_cast<uint8_t>(byte);
+      r.bits[j >> 3] = static_cast<uint8_t>(byte);
       byte = 0;
     }
+    if (mj) {
+      nh += high;
+      nl += low;
+      nd += dual;
+      nc += clip;
+      sum_w += static_cast<double>(std::exp(lw));
+      lsum += static_cast<double>(l);
+      mn = lw < mn ? lw : mn;
+      mx = lw > mx ? lw : mx;
+      bad_a = bad_a || !finite(A);
+    }
   }
+  write_row_stats<IL, IO>(r.st, n, nh, nl, nd, nc, sum_w, static_cast<double>(mn), static_cast<double>(mx), bad_d, bad_a, bad_r, lp, ol, m, T);
+  r.loss_sum = lsum;
 }
 
 // ---------------------------------------------------------------------------------------------
 // AVX-512 row kernel (float32 compute; float32 / bfloat16 / float16 inputs). 16 tokens per step:
 //   - mask bytes -> a k-mask; an all-masked block only stores constants and skips the math;
-//   - the masked deltas are widened to two 8 x float64 vectors, scanned in-register (3 shift-adds
-//     each) and offset by a broadcast float64 carry: the loop-carried chain is one add per block;
-//   - t^p comes from the table with one unaligned load when the block is all response tokens (t is
-//     then contiguous), a gather otherwise; the bounds are one multiply each;
-//   - the clip decision is k-mask logic and blends in log space; one exp (Sleef, as torch.exp) per token;
+//   - cumulative: the masked deltas are widened to two 8 x float64 vectors, scanned in-register (3 shift-adds
+//     each) and offset by a broadcast float64 carry (one add per block on the loop-carried chain);
+//     sequence / gspo: a first pass sums the row (it is then in L1/L2), the second uses the constant;
+//   - t^p comes from the table with one unaligned load when the block is all response tokens (t is then
+//     contiguous), a gather otherwise (skipped for a constant window, power = 0); bounds are one multiply each;
+//   - the clip decision is k-mask logic and blends in log space; one exp (Sleef, as torch.exp) per token, a
+//     second one only in blocks where some token is clipped (the metrics want exp(log w) itself);
+//   - the statistics are register accumulators (float64 sums, k-mask popcounts, min / max), reduced per row;
 //   - the tail uses masked loads/stores, so there is no scalar epilogue.
-// MODE: 0 per-token advantages, 1 row advantage > 0, 2 row advantage < 0, 3 row advantage 0 or NaN.
+// MODE: 0 per-token advantages, 1 row advantage > 0, 2 row advantage < 0, 3 row advantage 0 (or NaN).
+// RATIO: 0 token, 1 a row constant (sequence, gspo), 2 cumulative (geomean: a runtime flag).
 
 #if CTPO_HAVE_AVX512
 
@@ -368,143 +495,232 @@ static int64_t exp16_mismatches(uint32_t first, int64_t count, int64_t stride) {
 }
 
 struct RowConsts {
-  __m512 dm, ndm, lwm, clo, chi, cc, zero, lw_masked;
-  bool geomean;
+  __m512 dm, ndm, lwm, clo, chi, cc, zero, lw_masked, pinf, ninf;
+  bool geomean, const_window;
 };
+
+struct RowAcc {
+  __m512d carry, sw0, sw1, sl0, sl1;  // scan carry; sums of exp(log w) and of the loss, float64
+  __m512 vmin, vmax;  // log w over mask lanes
+  int64_t n, nh, nl, nd, nc;
+  __mmask16 bad_d, bad_a, bad_r;
+};
+
+static inline void acc_pd(__m512d& a0, __m512d& a1, __m512 x) {
+  a0 = _mm512_add_pd(a0, _mm512_cvtps_pd(_mm512_castps512_ps256(x)));
+  a1 = _mm512_add_pd(a1, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1))));
+}
 
 // One block of 16 tokens with at least one response token. FULL: all 16 are response tokens (the common
 // case), so the masking disappears and t is contiguous (one unaligned table load instead of a gather).
-template <typename IL, typename IO, int MODE, bool TAIL, bool FULL>
-static inline void block_math(const IL* lp, const IO* ol, __mmask16 mk, const float* At, __m512 negA, __mmask16 tail,
-                              const float* s_tab, const RowConsts& K, __m512d& carry, int64_t& n, float* loss, float* lwo,
-                              uint8_t* bits) {
+template <typename IL, typename IO, int MODE, int RATIO, bool TAIL, bool FULL>
+static inline __attribute__((always_inline)) void block_math(const IL* lp, const IO* ol, __mmask16 mk, const float* At, const float* rw,
+                                                             __m512 negA, __mmask16 tail, __m512 row_v, const float* s_tab,
+                                                             const RowConsts& K, RowAcc& acc, float* loss, float* lwo, bool* clipped,
+                                                             uint8_t* bits) {
   const __m512 lpv = TAIL ? load16<IL>(lp, tail) : load16<IL>(lp);
   const __m512 olv = TAIL ? load16<IO>(ol, tail) : load16<IO>(ol);
   const __m512 d = _mm512_sub_ps(lpv, olv);
-  __m512 dz = _mm512_min_ps(K.dm, _mm512_max_ps(K.ndm, d));  // clamp; NaN in d propagates (second operand)
-  if (!FULL) dz = _mm512_maskz_mov_ps(mk, dz);
-  // prefix sum in float64: two in-register scans of 8, offset by the broadcast carry (one add per block on
-  // the loop-carried chain)
-  __m512d a = _mm512_cvtps_pd(_mm512_castps512_ps256(dz));
-  __m512d b = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(dz), 1)));
-  a = scan8_pd(a);
-  b = _mm512_add_pd(scan8_pd(b), bcast_last_pd(a));
-  const __m512d oa = _mm512_add_pd(a, carry), ob = _mm512_add_pd(b, carry);
-  carry = _mm512_add_pd(carry, bcast_last_pd(b));
-  const __m512 S = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(oa)), _mm512_cvtpd_ps(ob), 1);
-  // position t and the t^p table
-  __m512 s, v = S;
-  if (FULL) {
-    s = _mm512_loadu_ps(s_tab + n + 1);
-    if (K.geomean) {
-      const __m512i ti = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(n)),
-                                          _mm512_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16));
-      v = _mm512_div_ps(S, _mm512_cvtepi32_ps(ti));
-    }
-    n += 16;
+  acc.bad_d |= _mm512_mask_fpclass_ps_mask(mk, d, 0x99);  // NaN or +-inf
+  __m512 v;
+  if constexpr (RATIO == 1) {
+    v = row_v;
   } else {
-    const __m512i ti = _mm512_add_epi32(count_prefix(mk), _mm512_set1_epi32(static_cast<int>(n)));
-    s = _mm512_i32gather_ps(ti, s_tab, 4);
-    if (K.geomean) v = _mm512_div_ps(S, _mm512_cvtepi32_ps(ti));
+    v = _mm512_min_ps(K.dm, _mm512_max_ps(K.ndm, d));  // clamp; NaN in d propagates (second operand)
+    if (!FULL) v = _mm512_maskz_mov_ps(mk, v);
+  }
+  __m512i ti;
+  if constexpr (RATIO == 2) {
+    // prefix sum in float64: two in-register scans of 8, offset by the broadcast carry
+    __m512d a = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+    __m512d b = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    a = scan8_pd(a);
+    b = _mm512_add_pd(scan8_pd(b), bcast_last_pd(a));
+    const __m512d oa = _mm512_add_pd(a, acc.carry), ob = _mm512_add_pd(b, acc.carry);
+    acc.carry = _mm512_add_pd(acc.carry, bcast_last_pd(b));
+    v = _mm512_insertf32x8(_mm512_castps256_ps512(_mm512_cvtpd_ps(oa)), _mm512_cvtpd_ps(ob), 1);
+  }
+  // position t and the t^p table
+  __m512 s = _mm512_set1_ps(1.0f);
+  if (FULL) {
+    if (!K.const_window) s = _mm512_loadu_ps(s_tab + acc.n + 1);
+    if (RATIO == 2 && K.geomean) {
+      ti = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(acc.n)), _mm512_setr_epi32(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16));
+      v = _mm512_div_ps(v, _mm512_cvtepi32_ps(ti));
+    }
+    acc.n += 16;
+  } else {
+    ti = _mm512_add_epi32(count_prefix(mk), _mm512_set1_epi32(static_cast<int>(acc.n)));
+    if (!K.const_window) s = _mm512_i32gather_ps(ti, s_tab, 4);
+    if (RATIO == 2 && K.geomean) v = _mm512_div_ps(v, _mm512_cvtepi32_ps(ti));
     v = _mm512_maskz_mov_ps(mk, v);
-    n += _mm_popcnt_u32(static_cast<unsigned>(mk));
+    acc.n += _mm_popcnt_u32(static_cast<unsigned>(mk));
   }
   const __m512 lw = _mm512_min_ps(K.lwm, v);  // NaN propagates (second operand)
   const __mmask16 glw = _mm512_cmp_ps_mask(v, K.lwm, _CMP_LE_OQ);
   __m512 sel = lw;
-  __mmask16 clip = 0;
+  __mmask16 high = 0, low = 0, dual = 0, zeroA = 0;
   if constexpr (MODE == 1) {
     const __m512 hi = _mm512_mul_ps(K.chi, s);
-    clip = _mm512_cmp_ps_mask(lw, hi, _CMP_GT_OQ);
-    sel = _mm512_mask_mov_ps(sel, clip, hi);
+    high = _mm512_mask_cmp_ps_mask(mk, lw, hi, _CMP_GT_OQ);
+    sel = _mm512_mask_mov_ps(sel, high, hi);
   } else if constexpr (MODE == 2) {
     const __m512 lo = _mm512_mul_ps(K.clo, s), c = _mm512_mul_ps(K.cc, s);
-    const __mmask16 low = _mm512_cmp_ps_mask(lw, lo, _CMP_LT_OQ);
-    const __mmask16 dual = _mm512_cmp_ps_mask(lw, c, _CMP_GT_OQ);
-    sel = _mm512_mask_mov_ps(sel, low, lo);
+    low = _mm512_mask_cmp_ps_mask(mk, lw, lo, _CMP_LT_OQ);
+    dual = _mm512_mask_cmp_ps_mask(mk, lw, c, _CMP_GT_OQ);
     sel = _mm512_mask_mov_ps(sel, dual, c);
-    clip = low | dual;
-  } else if constexpr (MODE == 0) {
+    sel = _mm512_mask_mov_ps(sel, low, lo);
+  } else if constexpr (MODE == 3) {
+    zeroA = mk;  // A == 0 (a NaN row advantage is flagged by the caller)
+    sel = K.zero;
+  } else {
     const __m512 A = TAIL ? _mm512_maskz_loadu_ps(tail, At) : _mm512_loadu_ps(At);
+    acc.bad_a |= _mm512_mask_fpclass_ps_mask(mk, A, 0x99);
     negA = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(A), _mm512_set1_epi32(static_cast<int>(0x80000000u))));
-    const __mmask16 pos = _mm512_cmp_ps_mask(A, K.zero, _CMP_GT_OQ), neg = _mm512_cmp_ps_mask(A, K.zero, _CMP_LT_OQ);
+    const __mmask16 pos = _mm512_mask_cmp_ps_mask(mk, A, K.zero, _CMP_GT_OQ), neg = _mm512_mask_cmp_ps_mask(mk, A, K.zero, _CMP_LT_OQ);
+    zeroA = _mm512_mask_cmp_ps_mask(mk, A, K.zero, _CMP_EQ_OQ);
     const __m512 hi = _mm512_mul_ps(K.chi, s), lo = _mm512_mul_ps(K.clo, s), c = _mm512_mul_ps(K.cc, s);
-    const __mmask16 high = pos & _mm512_cmp_ps_mask(lw, hi, _CMP_GT_OQ);
-    const __mmask16 low = neg & _mm512_cmp_ps_mask(lw, lo, _CMP_LT_OQ);
-    const __mmask16 dual = neg & _mm512_cmp_ps_mask(lw, c, _CMP_GT_OQ);
-    sel = _mm512_mask_mov_ps(sel, high, hi);
-    sel = _mm512_mask_mov_ps(sel, low, lo);
+    high = pos & _mm512_cmp_ps_mask(lw, hi, _CMP_GT_OQ);
+    low = neg & _mm512_cmp_ps_mask(lw, lo, _CMP_LT_OQ);
+    dual = neg & _mm512_cmp_ps_mask(lw, c, _CMP_GT_OQ);
     sel = _mm512_mask_mov_ps(sel, dual, c);
-    clip = high | low | dual;
+    sel = _mm512_mask_mov_ps(sel, low, lo);
+    sel = _mm512_mask_mov_ps(sel, high, hi);
+    sel = _mm512_mask_mov_ps(sel, zeroA, K.zero);
   }
-  __m512 l = _mm512_mul_ps(negA, exp16(sel));  // -A * exp(log rho or the bound it is clipped to)
-  const __mmask16 pass = static_cast<__mmask16>(~clip) & glw & mk;
+  const __mmask16 clip = high | low | dual;
+  const __m512 e = exp16(sel);
+  __m512 l = _mm512_mul_ps(negA, e);  // -A * exp(log w or the bound it is clipped to)
+  const __m512 w = (clip | zeroA) ? exp16(lw) : e;  // exp(log w) for the metrics
+  if (rw != nullptr) {
+    const __m512 r = TAIL ? _mm512_maskz_loadu_ps(tail, rw) : _mm512_loadu_ps(rw);
+    l = _mm512_mul_ps(l, r);
+    const __mmask16 ok = _mm512_cmp_ps_mask(r, K.zero, _CMP_GE_OQ) & _mm512_cmp_ps_mask(r, K.pinf, _CMP_LT_OQ);
+    acc.bad_r |= mk & static_cast<__mmask16>(~ok);
+  }
+  const __mmask16 pass = static_cast<__mmask16>(~(clip | zeroA)) & glw & mk;
   if (!FULL) l = _mm512_maskz_mov_ps(mk, l);
+  const __m128i cl = _mm_maskz_mov_epi8(clip, _mm_set1_epi8(1));
   if (TAIL) {
     _mm512_mask_storeu_ps(loss, tail, l);
     _mm512_mask_storeu_ps(lwo, tail, lw);
+    _mm_mask_storeu_epi8(clipped, tail, cl);
   } else {
     _mm512_storeu_ps(loss, l);
     _mm512_storeu_ps(lwo, lw);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(clipped), cl);
   }
   std::memcpy(bits, &pass, 2);
+  // statistics
+  acc.nh += _mm_popcnt_u32(high);
+  acc.nl += _mm_popcnt_u32(low);
+  acc.nd += _mm_popcnt_u32(dual);
+  acc.nc += _mm_popcnt_u32(clip);
+  acc_pd(acc.sw0, acc.sw1, FULL ? w : _mm512_maskz_mov_ps(mk, w));
+  acc_pd(acc.sl0, acc.sl1, l);
+  acc.vmin = _mm512_mask_min_ps(acc.vmin, mk, lw, acc.vmin);
+  acc.vmax = _mm512_mask_max_ps(acc.vmax, mk, lw, acc.vmax);
 }
 
-template <typename IL, typename IO, int MODE, bool TAIL>
-static inline void block_avx512(const IL* lp, const IO* ol, const bool* m, const float* At, __m512 negA_row, __mmask16 tail,
-                                const float* s_tab, const RowConsts& K, __m512d& carry, int64_t& n, float* loss, float* lwo,
-                                uint8_t* bits) {
+template <typename IL, typename IO, int MODE, int RATIO, bool TAIL>
+static inline __attribute__((always_inline)) void block_avx512(const IL* lp, const IO* ol, const bool* m, const float* At, const float* rw,
+                                                               __m512 negA_row, __mmask16 tail, __m512 row_v, const float* s_tab,
+                                                               const RowConsts& K, RowAcc& acc, float* loss, float* lwo, bool* clipped,
+                                                               uint8_t* bits) {
   const __m128i mb = TAIL ? _mm_maskz_loadu_epi8(tail, m) : _mm_loadu_si128(reinterpret_cast<const __m128i*>(m));
   const __mmask16 mk = _mm_test_epi8_mask(mb, mb);
   if (mk == 0) {  // padding / tool output: nothing advances, constant outputs
     if (TAIL) {
       _mm512_mask_storeu_ps(loss, tail, K.zero);
       _mm512_mask_storeu_ps(lwo, tail, K.lw_masked);
+      _mm_mask_storeu_epi8(clipped, tail, _mm_setzero_si128());
     } else {
       _mm512_storeu_ps(loss, K.zero);
       _mm512_storeu_ps(lwo, K.lw_masked);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(clipped), _mm_setzero_si128());
     }
     bits[0] = bits[1] = 0;
   } else if (!TAIL && mk == 0xFFFF) {
-    block_math<IL, IO, MODE, false, true>(lp, ol, mk, At, negA_row, tail, s_tab, K, carry, n, loss, lwo, bits);
+    block_math<IL, IO, MODE, RATIO, false, true>(lp, ol, mk, At, rw, negA_row, tail, row_v, s_tab, K, acc, loss, lwo, clipped, bits);
   } else {
-    block_math<IL, IO, MODE, TAIL, false>(lp, ol, mk, At, negA_row, tail, s_tab, K, carry, n, loss, lwo, bits);
+    block_math<IL, IO, MODE, RATIO, TAIL, false>(lp, ol, mk, At, rw, negA_row, tail, row_v, s_tab, K, acc, loss, lwo, clipped, bits);
   }
 }
 
-template <typename IL, typename IO, int MODE>
-static void row_avx512(const IL* lp, const IO* ol, const bool* m, const float* At, float A_row, int64_t T, const float* s_tab,
-                       const RowConsts& K, float* loss, float* lwo, uint8_t* bits) {
-  const __m512 negA_row = _mm512_set1_ps(-A_row);
-  __m512d carry = _mm512_setzero_pd();
-  int64_t n = 0;
+// sequence / gspo: sum of the clamped masked deltas of the row (float64 lanes) and its token count
+template <typename IL, typename IO>
+static float row_total_avx512(const IL* lp, const IO* ol, const bool* m, int64_t T, const RowConsts& K, bool gspo) {
+  __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+  int64_t cnt = 0;
+  for (int64_t j = 0; j < T; j += 16) {
+    const bool tail_blk = j + 16 > T;
+    const __mmask16 tail = tail_blk ? static_cast<__mmask16>((1u << (T - j)) - 1u) : static_cast<__mmask16>(0xFFFF);
+    const __m128i mb = tail_blk ? _mm_maskz_loadu_epi8(tail, m + j) : _mm_loadu_si128(reinterpret_cast<const __m128i*>(m + j));
+    const __mmask16 mk = _mm_test_epi8_mask(mb, mb);
+    if (mk == 0) continue;
+    const __m512 d = _mm512_sub_ps(load16<IL>(lp + j, mk), load16<IO>(ol + j, mk));
+    acc_pd(s0, s1, _mm512_maskz_mov_ps(mk, _mm512_min_ps(K.dm, _mm512_max_ps(K.ndm, d))));
+    cnt += _mm_popcnt_u32(mk);
+  }
+  const float tot = static_cast<float>(_mm512_reduce_add_pd(_mm512_add_pd(s0, s1)));
+  return gspo ? tot / static_cast<float>(std::max<int64_t>(cnt, 1)) : tot;
+}
+
+template <typename IL, typename IO, int MODE, int RATIO>
+static void row_avx512(RowIO<float>& r, int64_t T, const float* s_tab, const RowConsts& K, float row_v_s) {
+  const IL* lp = static_cast<const IL*>(r.lp);
+  const IO* ol = static_cast<const IO*>(r.ol);
+  const __m512 negA_row = _mm512_set1_ps(-r.A_row), row_v = _mm512_set1_ps(row_v_s);
+  RowAcc acc;
+  acc.carry = acc.sw0 = acc.sw1 = acc.sl0 = acc.sl1 = _mm512_setzero_pd();
+  acc.vmin = K.pinf;
+  acc.vmax = K.ninf;
+  acc.n = acc.nh = acc.nl = acc.nd = acc.nc = 0;
+  acc.bad_d = acc.bad_a = acc.bad_r = 0;
   int64_t j = 0;
   for (; j + 16 <= T; j += 16) {
-    block_avx512<IL, IO, MODE, false>(lp + j, ol + j, m + j, MODE == 0 ? At + j : nullptr, negA_row, 0xFFFF, s_tab, K, carry, n,
-                                      loss + j, lwo + j, bits + j / 8);
+    block_avx512<IL, IO, MODE, RATIO, false>(lp + j, ol + j, r.m + j, MODE == 0 ? r.At + j : nullptr, r.rw ? r.rw + j : nullptr, negA_row,
+                                             0xFFFF, row_v, s_tab, K, acc, r.loss + j, r.lwo + j, r.clipped + j, r.bits + j / 8);
   }
   if (j < T) {
     const __mmask16 tail = static_cast<__mmask16>((1u << (T - j)) - 1u);
-    block_avx512<IL, IO, MODE, true>(lp + j, ol + j, m + j, MODE == 0 ? At + j : nullptr, negA_row, tail, s_tab, K, carry, n,
-                                     loss + j, lwo + j, bits + j / 8);
+    block_avx512<IL, IO, MODE, RATIO, true>(lp + j, ol + j, r.m + j, MODE == 0 ? r.At + j : nullptr, r.rw ? r.rw + j : nullptr, negA_row,
+                                            tail, row_v, s_tab, K, acc, r.loss + j, r.lwo + j, r.clipped + j, r.bits + j / 8);
+  }
+  write_row_stats<IL, IO>(r.st, acc.n, acc.nh, acc.nl, acc.nd, acc.nc, _mm512_reduce_add_pd(_mm512_add_pd(acc.sw0, acc.sw1)),
+                         static_cast<double>(_mm512_reduce_min_ps(acc.vmin)), static_cast<double>(_mm512_reduce_max_ps(acc.vmax)),
+                         acc.bad_d, acc.bad_a || (MODE != 0 && acc.n > 0 && !std::isfinite(r.A_row)), acc.bad_r, lp, ol, r.m, T);
+  r.loss_sum = _mm512_reduce_add_pd(_mm512_add_pd(acc.sl0, acc.sl1));
+}
+
+template <typename IL, typename IO, int MODE>
+static void row_avx512_ratio(RowIO<float>& r, int64_t T, const float* s_tab, const RowConsts& K, int ratio) {
+  switch (ratio) {
+    case kToken: return row_avx512<IL, IO, MODE, 0>(r, T, s_tab, K, 0.0f);
+    case kSequence:
+    case kGspo: {
+      const float v = row_total_avx512<IL, IO>(static_cast<const IL*>(r.lp), static_cast<const IO*>(r.ol), r.m, T, K, ratio == kGspo);
+      return row_avx512<IL, IO, MODE, 1>(r, T, s_tab, K, v);
+    }
+    default: return row_avx512<IL, IO, MODE, 2>(r, T, s_tab, K, 0.0f);
   }
 }
 
 #endif  // CTPO_HAVE_AVX512
 
 // ---------------------------------------------------------------------------------------------
-// Portable vector row kernel (at::vec::Vectorized<float>, W = 8 lanes with AVX2, 16 with AVX-512, an
-// emulated 8 otherwise): the same single pass as the AVX-512 kernel, written with at::vec's compares,
-// blends and Sleef exp. Only the in-register float64 prefix scan is per-ISA (scan_block below). AVX2
-// builds run it; AVX-512 builds keep it for the tests; builds without a SIMD capability run the scalar
-// kernel (at::vec's emulated vectors are slower than plain loops there).
+// Portable vector row kernel (at::vec::Vectorized<float>, W = 8 lanes with AVX2, 16 with AVX-512): the same
+// single pass as the AVX-512 kernel, written with at::vec's compares, blends and Sleef exp; only the in-register
+// float64 prefix scan is per-ISA (scan_block). AVX2 builds run it; AVX-512 builds keep it for the tests
+// (set_cpu_kernel("vec")); builds without a SIMD capability run the scalar kernel (at::vec's emulated vectors
+// are slower than plain loops there).
 
 using VecF = at::vec::Vectorized<float>;
 constexpr int kW = VecF::size();
 #if defined(CPU_CAPABILITY_AVX2)
 constexpr bool kVecIsDefault = true;
 #else
-constexpr bool kVecIsDefault = false;  // AVX-512 has its own kernel; without SIMD the emulated vectors lose to scalar code
+constexpr bool kVecIsDefault = false;
 #endif
 
 #if CTPO_HAVE_AVX512
@@ -568,6 +784,10 @@ static inline VecF select(const VecF& cond, const VecF& if_true, const VecF& if_
   return VecF::blendv(if_false, if_true, cond);
 }
 
+static inline unsigned lanes_set(const VecF& m, int64_t cnt) {  // bit q: lane q of a compare mask is set (q < cnt)
+  return static_cast<unsigned>(~m.zero_mask()) & static_cast<unsigned>((uint64_t{1} << cnt) - 1);
+}
+
 // how the kW mask bytes at m look: 0 none set, 1 all set, 2 mixed (bool tensors hold 0 / 1 bytes)
 static inline int mask_kind(const bool* m, int64_t cnt) {
   if (cnt == kW) {
@@ -585,29 +805,54 @@ static inline int mask_kind(const bool* m, int64_t cnt) {
   return none ? 0 : 2;
 }
 
-template <typename IL, typename IO, int MODE>
-static void row_vec(const IL* lp, const IO* ol, const bool* m, const float* At, float A_row, int64_t T, const float* s_tab,
-                    const Knobs& k, float* loss, float* lwo, uint8_t* bits) {
-  const VecF zero(0.0f), dm(static_cast<float>(k.delta_max)), ndm(-static_cast<float>(k.delta_max)), lwm(static_cast<float>(k.log_w_max));
-  const VecF clo(static_cast<float>(-k.clip_low)), chi(static_cast<float>(k.clip_high)), cc(static_cast<float>(k.clip_c));
+template <typename IL, typename IO>
+static void row_vec(RowIO<float>& r, int64_t T, const float* s_tab, const Knobs& k) {
+  const IL* lp = static_cast<const IL*>(r.lp);
+  const IO* ol = static_cast<const IO*>(r.ol);
+  const bool* m = r.m;
+  const float inf_f = std::numeric_limits<float>::infinity();
+  const VecF zero(0.0f), one(1.0f), pinf(inf_f), ninf(-inf_f), dm(static_cast<float>(k.delta_max)), ndm(-static_cast<float>(k.delta_max));
+  const VecF lwm(static_cast<float>(k.log_w_max)), clo(static_cast<float>(k.lower)), chi(static_cast<float>(k.upper)),
+      cc(static_cast<float>(k.dual));
   const VecF all_set = zero == zero;
   const float lwm_f = static_cast<float>(k.log_w_max);
   const VecF lw_masked(0.0f > lwm_f ? lwm_f : 0.0f);
-  const VecF negA_row(-A_row);
+  const VecF negA_row(-r.A_row), A_row(r.A_row);
+  const bool geomean = k.ratio == kCumulativeGeomean, cumulative = k.ratio == kCumulative || geomean;
+  const bool rowconst = k.ratio == kSequence || k.ratio == kGspo;
+  float row_v = 0.0f;
+  if (rowconst) {  // the row's log ratio first (float64, in order, as the scalar kernel)
+    double tot = 0.0;
+    int64_t c = 0;
+    for (int64_t j = 0; j < T; ++j) {
+      if (!m[j]) continue;
+      tot += static_cast<double>(clamp_like_torch(static_cast<float>(lp[j]) - static_cast<float>(ol[j]), -static_cast<float>(k.delta_max),
+                                                  static_cast<float>(k.delta_max)));
+      ++c;
+    }
+    row_v = static_cast<float>(tot);
+    if (k.ratio == kGspo) row_v = row_v / static_cast<float>(std::max<int64_t>(c, 1));
+  }
+  const VecF row_vv(row_v);
   float iota_f[kW];
   for (int q = 0; q < kW; ++q) iota_f[q] = static_cast<float>(q + 1);
   const VecF iota = VecF::loadu(iota_f);
   VecCarry carry;
-  int64_t n = 0;
+  int64_t n = 0, nh = 0, nl = 0, nd = 0, nc = 0;
+  double sum_w = 0.0, lsum = 0.0;
+  VecF vmin = pinf, vmax = ninf;
+  bool bad_d = false, bad_a = false, bad_r = false;
   uint64_t word = 0;  // pass bits, flushed 8 bytes at a time (kW divides 64)
   int used = 0;
   for (int64_t j = 0; j < T; j += kW) {
     const int64_t cnt = std::min<int64_t>(kW, T - j);
+    const int ci = static_cast<int>(cnt);
     const int kind = mask_kind(m + j, cnt);
     uint64_t pass_bits = 0;
     if (kind == 0) {  // padding / tool output: nothing advances
-      zero.store(loss + j, static_cast<int>(cnt));
-      lw_masked.store(lwo + j, static_cast<int>(cnt));
+      zero.store(r.loss + j, ci);
+      lw_masked.store(r.lwo + j, ci);
+      std::memset(r.clipped + j, 0, static_cast<size_t>(cnt));
     } else {
       VecF mk = all_set, s, tf;
       if (kind == 1) {  // all response tokens: t is contiguous
@@ -627,53 +872,89 @@ static void row_vec(const IL* lp, const IO* ol, const bool* m, const float* At, 
         tf = VecF::loadu(tv);
       }
       const VecF d = load_as_float(lp + j, cnt) - load_as_float(ol + j, cnt);
+      bad_d = bad_d || lanes_set(VecF::blendv(mk, zero, (d - d) == zero), cnt) != 0;  // d - d is NaN for inf / NaN
       VecF dc = select(d < ndm, ndm, d);  // torch.clamp: NaN propagates
       dc = select(dc > dm, dm, dc);
-      const VecF S = scan_block(dc & mk, carry);
-      const VecF lwpre = (k.geomean ? S / tf : S) & mk;
-      const VecF lw = select(lwpre > lwm, lwm, lwpre);  // clamp(max=): NaN stays
-      const VecF glw = lwpre <= lwm;
-      VecF sel = lw, clip = zero, negA = negA_row;
-      if constexpr (MODE == 1) {
-        const VecF hi = chi * s;
-        clip = lw > hi;
-        sel = select(clip, hi, sel);
-      } else if constexpr (MODE == 2) {
-        const VecF lo = clo * s, c = cc * s;
-        const VecF low = lw < lo, dual = lw > c;
-        sel = select(low, lo, sel);
-        sel = select(dual, c, sel);
-        clip = low | dual;
-      } else if constexpr (MODE == 0) {
-        const VecF A = cnt == kW ? VecF::loadu(At + j) : VecF::loadu(At + j, static_cast<int>(cnt));
-        negA = A.neg();
-        const VecF hi = chi * s, lo = clo * s, c = cc * s;
-        const VecF high = (A > zero) & (lw > hi), low = (A < zero) & (lw < lo), dual = (A < zero) & (lw > c);
-        sel = select(high, hi, sel);
-        sel = select(low, lo, sel);
-        sel = select(dual, c, sel);
-        clip = high | low | dual;
-      }
-      const VecF l = (negA * sel.exp()) & mk;
-      const VecF pass = VecF::blendv(glw & mk, zero, clip);  // all-ones where the gradient passes
-      if (cnt == kW) {
-        l.store(loss + j);
-        lw.store(lwo + j);
+      VecF v;
+      if (cumulative) {
+        v = scan_block(dc & mk, carry);
+        if (geomean) v = v / tf;
       } else {
-        l.store(loss + j, static_cast<int>(cnt));
-        lw.store(lwo + j, static_cast<int>(cnt));
+        v = rowconst ? row_vv : dc;
       }
-      pass_bits = static_cast<uint64_t>(~pass.zero_mask()) & ((uint64_t{2} << (cnt - 1)) - 1);
+      v = v & mk;
+      const VecF lw = select(v > lwm, lwm, v);  // clamp(max=): NaN stays
+      const VecF glw = v <= lwm;
+      VecF A = A_row, negA = negA_row;
+      if (r.At != nullptr) {
+        A = ci == kW ? VecF::loadu(r.At + j) : VecF::loadu(r.At + j, ci);
+        negA = A.neg();
+        bad_a = bad_a || lanes_set(VecF::blendv(mk, zero, (A - A) == zero), cnt) != 0;
+      }
+      const VecF hi = chi * s, lo = clo * s, c = cc * s;
+      const VecF high = (A > zero) & (lw > hi) & mk, low = (A < zero) & (lw < lo) & mk, dual = (A < zero) & (lw > c) & mk;
+      const VecF zeroA = (A == zero) & mk;
+      VecF sel = select(dual, c, lw);
+      sel = select(low, lo, sel);
+      sel = select(high, hi, sel);
+      sel = select(zeroA, zero, sel);
+      const VecF clip = high | low | dual;
+      const VecF e = sel.exp();
+      const unsigned clip_bits = lanes_set(clip, cnt), zero_bits = lanes_set(zeroA, cnt), mk_bits = lanes_set(mk, cnt);
+      const VecF w = (clip_bits | zero_bits) ? lw.exp() : e;
+      VecF l = negA * e;
+      if (r.rw != nullptr) {
+        const VecF rr = ci == kW ? VecF::loadu(r.rw + j) : VecF::loadu(r.rw + j, ci);
+        l = l * rr;
+        bad_r = bad_r || lanes_set(VecF::blendv(mk, zero, (rr >= zero) & (rr < pinf)), cnt) != 0;
+      }
+      l = l & mk;
+      const VecF pass = VecF::blendv(VecF::blendv(glw & mk, zero, clip), zero, zeroA);  // all-ones where the gradient passes
+      if (ci == kW) {
+        l.store(r.loss + j);
+        lw.store(r.lwo + j);
+      } else {
+        l.store(r.loss + j, ci);
+        lw.store(r.lwo + j, ci);
+      }
+      for (int q = 0; q < ci; ++q) r.clipped[j + q] = (clip_bits >> q) & 1u;
+      pass_bits = lanes_set(pass, cnt);
+      nh += __builtin_popcount(lanes_set(high, cnt));
+      nl += __builtin_popcount(lanes_set(low, cnt));
+      nd += __builtin_popcount(lanes_set(dual, cnt));
+      nc += __builtin_popcount(clip_bits);
+      float wv[kW], lv[kW];
+      (w & mk).store(wv);
+      l.store(lv);
+      for (int q = 0; q < ci; ++q) {
+        sum_w += static_cast<double>(wv[q]);
+        lsum += static_cast<double>(lv[q]);
+      }
+      (void)mk_bits;
+      vmin = select(mk, at::vec::minimum(vmin, lw), vmin);
+      vmax = select(mk, at::vec::maximum(vmax, lw), vmax);
     }
     word |= pass_bits << used;
     used += kW;
     if (used == 64 || j + kW >= T) {
       const int64_t first = (j + kW - used) / 8, nbytes = std::min<int64_t>(used / 8, (T + 7) / 8 - first);
-      std::memcpy(bits + first, &word, static_cast<size_t>(nbytes));
+      std::memcpy(r.bits + first, &word, static_cast<size_t>(nbytes));
       word = 0;
       used = 0;
     }
   }
+  float mnv[kW], mxv[kW];
+  vmin.store(mnv);
+  vmax.store(mxv);
+  float mn = inf_f, mx = -inf_f;
+  for (int q = 0; q < kW; ++q) {
+    mn = mnv[q] < mn ? mnv[q] : mn;
+    mx = mxv[q] > mx ? mxv[q] : mx;
+  }
+  write_row_stats<IL, IO>(r.st, n, nh, nl, nd, nc, sum_w, static_cast<double>(mn), static_cast<double>(mx),
+                         bad_d,
+                         bad_a || (r.At == nullptr && n > 0 && !std::isfinite(r.A_row)), bad_r, lp, ol, m, T);
+  r.loss_sum = lsum;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -695,118 +976,220 @@ static double read_as_double(const at::Tensor& x, int64_t offset_elems) {
   }
 }
 
+// nearest-rank quantiles (k = max(1, ceil(q / 100 * n)), as ctpo.loss_metrics) of the sampled mask tokens' log w
+template <typename C>
+static void quantiles(std::vector<C>& vals, C* out) {
+  const double qs[3] = {10.0, 50.0, 90.0};
+  for (int i = 0; i < 3; ++i) {
+    if (vals.empty()) {
+      out[i] = C(0);  // no tokens: the on-policy log w
+      continue;
+    }
+    const auto n = static_cast<int64_t>(vals.size());
+    const int64_t kth = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(qs[i] / 100.0 * static_cast<double>(n))));
+    std::nth_element(vals.begin(), vals.begin() + (kth - 1), vals.end());
+    out[i] = vals[kth - 1];
+  }
+}
+
+struct Outputs {
+  at::Tensor loss, row_loss, log_w, clipped, bits, stats, totals, q;
+};
+
+// the batch totals of the (kNumStats, B) per-row statistics, in row order
+static void reduce_totals(const double* st, int64_t B, double* tot) {
+  for (int c = 0; c < kNumStats; ++c) {
+    const double* x = st + c * B;
+    double v = c == kStatMinLogW ? std::numeric_limits<double>::infinity() : (c == kStatMaxLogW ? -std::numeric_limits<double>::infinity() : 0.0);
+    for (int64_t i = 0; i < B; ++i) {
+      if (c == kStatMinLogW) v = x[i] < v ? x[i] : v;
+      else if (c == kStatMaxLogW) v = x[i] > v ? x[i] : v;
+      else v += x[i];
+    }
+    tot[c] = v;
+  }
+}
+
 template <typename IL, typename IO, typename C>
-static void forward_impl(const at::Tensor& lp_t, const at::Tensor& ol_t, const at::Tensor& adv_t, bool adv_rowwise,
-                         const at::Tensor& m_t, const Knobs& k, at::Tensor& loss_t, at::Tensor& lw_t, at::Tensor& bits_t) {
-  const int64_t B = lp_t.size(0), T = lp_t.size(1);
-  if (B == 0 || T == 0) return;
+static void forward_impl(const Prepared& in, const at::Tensor& rw_t, const Knobs& k, int64_t stride, Outputs& o) {
+  const int64_t B = in.logp.size(0), T = in.logp.size(1);
+  C* qout = o.q.mutable_data_ptr<C>();
+  if (B == 0 || T == 0) {  // rows without tokens: zero sums, empty min / max
+    qout[0] = qout[1] = qout[2] = C(0);
+    double* rl = o.row_loss.mutable_data_ptr<double>();
+    double* st = o.stats.mutable_data_ptr<double>();
+    for (int64_t i = 0; i < B; ++i) {
+      rl[i] = 0.0;
+      for (int c = 0; c < kNumStats; ++c) st[c * B + i] = 0.0;
+      st[kStatMinLogW * B + i] = std::numeric_limits<double>::infinity();
+      st[kStatMaxLogW * B + i] = -std::numeric_limits<double>::infinity();
+    }
+    reduce_totals(st, B, o.totals.mutable_data_ptr<double>());
+    return;
+  }
   const auto tab = scale_table(k.power, T);
   const C* s_tab = tab->get(static_cast<C*>(nullptr));
-  const IL* lp = lp_t.const_data_ptr<IL>();
-  const IO* ol = ol_t.const_data_ptr<IO>();
-  const bool* m = m_t.const_data_ptr<bool>();
-  const int64_t lps = lp_t.stride(0), ols = ol_t.stride(0), ms = m_t.stride(0);
-  const C* At = adv_rowwise ? nullptr : adv_t.const_data_ptr<C>();
-  const int64_t As = adv_t.stride(0);
-  C* loss = loss_t.mutable_data_ptr<C>();
-  C* lwo = lw_t.mutable_data_ptr<C>();
-  uint8_t* bits = bits_t.mutable_data_ptr<uint8_t>();
-  const int64_t NB = bits_t.size(1), written = (T + 7) / 8;
+  const IL* lp = in.logp.const_data_ptr<IL>();
+  const IO* ol = in.old_logp.const_data_ptr<IO>();
+  const bool* m = in.mask.const_data_ptr<bool>();
+  const int64_t lps = in.logp.stride(0), ols = in.old_logp.stride(0), ms = in.mask.stride(0);
+  const C* At = in.adv_rowwise ? nullptr : in.adv.const_data_ptr<C>();
+  const int64_t As = in.adv.stride(0);
+  const C* rw = rw_t.defined() ? rw_t.const_data_ptr<C>() : nullptr;
+  const int64_t rws = rw_t.defined() ? rw_t.stride(0) : 0;
+  C* loss = o.loss.mutable_data_ptr<C>();
+  double* row_loss = o.row_loss.mutable_data_ptr<double>();
+  C* lwo = o.log_w.mutable_data_ptr<C>();
+  bool* clipped = o.clipped.mutable_data_ptr<bool>();
+  uint8_t* bits = o.bits.mutable_data_ptr<uint8_t>();
+  double* stats = o.stats.mutable_data_ptr<double>();
+  const int64_t NB = o.bits.size(1), written = (T + 7) / 8;
+  // the quantile sample: flat positions 0, s, 2s, ... (each row writes its own slots)
+  const int64_t N = B * T, S = (N + stride - 1) / stride;
+  std::vector<C> sample_v(static_cast<size_t>(S));
+  std::vector<uint8_t> sample_m(static_cast<size_t>(S));
   const int path = g_cpu_path.load(std::memory_order_relaxed);
+  (void)path;
 #if CTPO_HAVE_AVX512
   RowConsts K;
   if constexpr (std::is_same_v<C, float>) {
     K.dm = _mm512_set1_ps(static_cast<float>(k.delta_max));
     K.ndm = _mm512_set1_ps(-static_cast<float>(k.delta_max));
     K.lwm = _mm512_set1_ps(static_cast<float>(k.log_w_max));
-    K.clo = _mm512_set1_ps(static_cast<float>(-k.clip_low));
-    K.chi = _mm512_set1_ps(static_cast<float>(k.clip_high));
-    K.cc = _mm512_set1_ps(static_cast<float>(k.clip_c));
+    K.clo = _mm512_set1_ps(static_cast<float>(k.lower));
+    K.chi = _mm512_set1_ps(static_cast<float>(k.upper));
+    K.cc = _mm512_set1_ps(static_cast<float>(k.dual));
     K.zero = _mm512_setzero_ps();
+    K.pinf = _mm512_set1_ps(INFINITY);
+    K.ninf = _mm512_set1_ps(-INFINITY);
     const float lwm = static_cast<float>(k.log_w_max);
     K.lw_masked = _mm512_set1_ps(0.0f > lwm ? lwm : 0.0f);
-    K.geomean = k.geomean;
+    K.geomean = k.ratio == kCumulativeGeomean;
+    K.const_window = k.power == 0.0;
   }
 #endif
   const int64_t grain = std::max<int64_t>(1, 32768 / T);
   at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
     for (int64_t i = b0; i < b1; ++i) {
-      const IL* lpr = lp + i * lps;
-      const IO* olr = ol + i * ols;
-      const bool* mr = m + i * ms;
-      const C* Ar = At ? At + i * As : nullptr;
-      const C A_row = adv_rowwise ? static_cast<C>(read_as_double(adv_t, i * As)) : C(0);
-      C* lr = loss + i * T;
-      C* wr = lwo + i * T;
-      uint8_t* br = bits + i * NB;
-      std::memset(br + written, 0, static_cast<size_t>(NB - written));  // pad bytes: deterministic zeros
+      RowIO<C> r;
+      r.lp = lp + i * lps;
+      r.ol = ol + i * ols;
+      r.m = m + i * ms;
+      r.At = At ? At + i * As : nullptr;
+      r.A_row = in.adv_rowwise ? static_cast<C>(read_as_double(in.adv, i * As)) : C(0);
+      r.rw = rw ? rw + i * rws : nullptr;
+      r.loss = loss + i * T;
+      r.lwo = lwo + i * T;
+      r.clipped = clipped + i * T;
+      r.bits = bits + i * NB;
+      double st_row[kNumStats];
+      r.st = st_row;
+      r.loss_sum = 0.0;
+      std::memset(r.bits + written, 0, static_cast<size_t>(NB - written));  // pad bytes: deterministic zeros
+      bool done = false;
       if constexpr (std::is_same_v<C, float> && !std::is_same_v<IL, double> && !std::is_same_v<IO, double>) {
 #if CTPO_HAVE_AVX512
         if (path == 0) {
-          if (!adv_rowwise) row_avx512<IL, IO, 0>(lpr, olr, mr, Ar, 0.0f, T, s_tab, K, lr, wr, br);
-          else if (A_row > 0) row_avx512<IL, IO, 1>(lpr, olr, mr, nullptr, A_row, T, s_tab, K, lr, wr, br);
-          else if (A_row < 0) row_avx512<IL, IO, 2>(lpr, olr, mr, nullptr, A_row, T, s_tab, K, lr, wr, br);
-          else row_avx512<IL, IO, 3>(lpr, olr, mr, nullptr, A_row, T, s_tab, K, lr, wr, br);
-          continue;
+          if (!in.adv_rowwise) row_avx512_ratio<IL, IO, 0>(r, T, s_tab, K, k.ratio);
+          else if (r.A_row > 0) row_avx512_ratio<IL, IO, 1>(r, T, s_tab, K, k.ratio);
+          else if (r.A_row < 0) row_avx512_ratio<IL, IO, 2>(r, T, s_tab, K, k.ratio);
+          else row_avx512_ratio<IL, IO, 3>(r, T, s_tab, K, k.ratio);
+          done = true;
         }
 #endif
-        if (path == 2 || (path == 0 && kVecIsDefault)) {
-          if (!adv_rowwise) row_vec<IL, IO, 0>(lpr, olr, mr, Ar, 0.0f, T, s_tab, k, lr, wr, br);
-          else if (A_row > 0) row_vec<IL, IO, 1>(lpr, olr, mr, nullptr, A_row, T, s_tab, k, lr, wr, br);
-          else if (A_row < 0) row_vec<IL, IO, 2>(lpr, olr, mr, nullptr, A_row, T, s_tab, k, lr, wr, br);
-          else row_vec<IL, IO, 3>(lpr, olr, mr, nullptr, A_row, T, s_tab, k, lr, wr, br);
-          continue;
+        if (!done && (path == 2 || (path == 0 && kVecIsDefault))) {
+          row_vec<IL, IO>(r, T, s_tab, k);
+          done = true;
         }
       }
-      row_scalar<IL, IO, C>(lpr, olr, mr, Ar, A_row, T, s_tab, k, lr, wr, br);
+      if (!done) row_scalar<IL, IO, C>(r, T, s_tab, k);
+      row_loss[i] = r.loss_sum;
+      for (int c = 0; c < kNumStats; ++c) stats[c * B + i] = st_row[c];
+      for (int64_t q = (i * T + stride - 1) / stride; q < S && q * stride < (i + 1) * T; ++q) {
+        const int64_t j = q * stride - i * T;
+        sample_v[q] = r.lwo[j];
+        sample_m[q] = r.m[j];
+      }
     }
   });
+  reduce_totals(stats, B, o.totals.mutable_data_ptr<double>());
+  // quantiles of log w: the sampled mask tokens; where the sample caught none (a sparse mask), the first
+  // kFallbackSample mask tokens in flat order
+  std::vector<C> vals;
+  vals.reserve(static_cast<size_t>(S));
+  for (int64_t q = 0; q < S; ++q)
+    if (sample_m[q] && !std::isnan(sample_v[q])) vals.push_back(sample_v[q]);
+  if (vals.empty()) {
+    for (int64_t i = 0; i < B && static_cast<int64_t>(vals.size()) < kFallbackSample; ++i)
+      for (int64_t j = 0; j < T && static_cast<int64_t>(vals.size()) < kFallbackSample; ++j)
+        if (m[i * ms + j] && !std::isnan(lwo[i * T + j])) vals.push_back(lwo[i * T + j]);
+  }
+  quantiles<C>(vals, qout);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> token_loss_cpu(const at::Tensor& logp, const at::Tensor& old_logp, const at::Tensor& adv,
-                                                              const at::Tensor& mask, double clip_low, double clip_high, double clip_c,
-                                                              double power, bool geomean, double delta_max, double log_w_max) {
-  check_inputs(logp, old_logp, adv, mask, clip_low, clip_high, clip_c);
-  TORCH_CHECK_VALUE(logp.device().is_cpu(), "ctpo::token_loss (CPU kernel): logp: expected a CPU tensor, got ", logp.device());
-  const Knobs k{clip_low, clip_high, clip_c, power, delta_max, log_w_max, geomean};
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> policy_loss_cpu(
+    const at::Tensor& logp, const at::Tensor& old_logp, const at::Tensor& adv, const at::Tensor& mask,
+    const std::optional<at::Tensor>& rollout_is_weights, int64_t ratio, double lower, double upper, double dual, double power,
+    double delta_max, double log_w_max, int64_t sample_stride) {
+  check_inputs(logp, old_logp, adv, mask, rollout_is_weights, ratio, power, delta_max, log_w_max, sample_stride);
+  TORCH_CHECK_VALUE(logp.device().is_cpu(), "ctpo::policy_loss (CPU kernel): logp: expected a CPU tensor, got ", logp.device());
+  const Knobs k{static_cast<int>(ratio), lower, upper, dual, power, delta_max, log_w_max};
   const Prepared in = prepare_inputs(logp, old_logp, adv, mask);
+  const at::Tensor rw = prepare_weights(rollout_is_weights, in.compute);
   const at::ScalarType Lt = logp.scalar_type();
-  at::Tensor loss = new_output(logp.sizes(), in.compute), lw = new_output(logp.sizes(), in.compute),
-             bits = new_output({logp.size(0), pass_bits_bytes(logp.size(1))}, at::kByte);
+  const int64_t B = logp.size(0), T = logp.size(1);
+  Outputs o;
+  o.loss = new_output(logp.sizes(), in.compute);
+  o.row_loss = new_output({B}, at::kDouble);
+  o.log_w = new_output(logp.sizes(), in.compute);
+  o.clipped = new_output(logp.sizes(), at::kBool);
+  o.bits = new_output({B, pass_bits_bytes(T)}, at::kByte);
+  o.stats = new_output({kNumStats, B}, at::kDouble);
+  o.totals = new_output({kNumStats}, at::kDouble);
+  o.q = new_output({3}, in.compute);
   const bool same = in.old_logp.scalar_type() == Lt;
-  const auto& [lp, ol, a, m] = std::tie(in.logp, in.old_logp, in.adv, in.mask);
   switch (Lt) {
-    case at::kFloat: forward_impl<float, float, float>(lp, ol, a, in.adv_rowwise, m, k, loss, lw, bits); break;
-    case at::kDouble: forward_impl<double, double, double>(lp, ol, a, in.adv_rowwise, m, k, loss, lw, bits); break;
+    case at::kFloat: forward_impl<float, float, float>(in, rw, k, sample_stride, o); break;
+    case at::kDouble: forward_impl<double, double, double>(in, rw, k, sample_stride, o); break;
     case at::kBFloat16:
-      if (same) forward_impl<BFloat16, BFloat16, float>(lp, ol, a, in.adv_rowwise, m, k, loss, lw, bits);
-      else forward_impl<BFloat16, float, float>(lp, ol, a, in.adv_rowwise, m, k, loss, lw, bits);
+      if (same) forward_impl<BFloat16, BFloat16, float>(in, rw, k, sample_stride, o);
+      else forward_impl<BFloat16, float, float>(in, rw, k, sample_stride, o);
       break;
     case at::kHalf:
-      if (same) forward_impl<Half, Half, float>(lp, ol, a, in.adv_rowwise, m, k, loss, lw, bits);
-      else forward_impl<Half, float, float>(lp, ol, a, in.adv_rowwise, m, k, loss, lw, bits);
+      if (same) forward_impl<Half, Half, float>(in, rw, k, sample_stride, o);
+      else forward_impl<Half, float, float>(in, rw, k, sample_stride, o);
       break;
     default: TORCH_CHECK(false, "unreachable");
   }
-  return {loss, lw, bits};
+  return {o.loss, o.row_loss, o.log_w, o.clipped, o.bits, o.stats, o.totals, o.q};
 }
 
 // ---------------------------------------------------------------------------------------------
-// The backward op: grad_logp = pass ? grad_loss * loss : 0 (exactly 0, as torch.where, even where grad_loss
-// is inf or NaN), in logp's dtype. grad_loss is often a broadcast scalar (from .sum() / .mean()) or a
-// per-row broadcast (from a per-sequence mean): both are read in place, never materialised.
+// The backward op: grad_logp = pass ? (grad_loss + grad_row_loss[i]) * loss : 0 (exactly 0, as torch.where, even
+// where the incoming gradient is inf or NaN), in logp's dtype. Either incoming gradient may be absent; both are
+// often broadcasts (grad_row_loss from .sum(), grad_loss from a per-row mean): read in place, never materialised.
+
+struct Grad {
+  const void* tok;  // (B, T) compute dtype, strides ts0, ts1 (ts1 = 0: a per-row broadcast), or nullptr
+  int64_t ts0, ts1;
+  const void* row;  // (B,) compute dtype, stride rs (0: a broadcast scalar), or nullptr
+  int64_t rs;
+};
 
 template <typename O, typename C>
-static void backward_rows_scalar(const C* g, int64_t gs0, int64_t gs1, const C* loss, const uint8_t* bits, int64_t NB, O* out,
-                                 int64_t T, int64_t b0, int64_t b1) {
+static void backward_rows_scalar(const Grad& g, const C* loss, const uint8_t* bits, int64_t NB, O* out, int64_t T, int64_t b0,
+                                 int64_t b1) {
+  const C* gt = static_cast<const C*>(g.tok);
+  const C* gr = static_cast<const C*>(g.row);
   for (int64_t i = b0; i < b1; ++i) {
-    const C* gr = g + i * gs0;
     const C* lr = loss + i * T;
     const uint8_t* br = bits + i * NB;
     O* orow = out + i * T;
+    const C base = gr ? gr[i * g.rs] : C(0);
     for (int64_t j = 0; j < T; ++j) {
       const bool pass = (br[j >> 3] >> (j & 7)) & 1;
-      orow[j] = static_cast<O>(pass ? gr[j * gs1] * lr[j] : C(0));
+      const C gv = gt ? (gr ? gt[i * g.ts0 + j * g.ts1] + base : gt[i * g.ts0 + j * g.ts1]) : base;
+      orow[j] = static_cast<O>(pass ? gv * lr[j] : C(0));
     }
   }
 }
@@ -831,14 +1214,18 @@ static inline void store16(O* out, __m512 v, __mmask16 k, bool tail) {
 }
 
 template <typename O>
-static void backward_rows_avx512(const float* g, int64_t gs0, int64_t gs1, const float* loss, const uint8_t* bits, int64_t NB, O* out,
-                                 int64_t T, int64_t b0, int64_t b1) {
+static void backward_rows_avx512(const Grad& g, const float* loss, const uint8_t* bits, int64_t NB, O* out, int64_t T, int64_t b0, int64_t b1) {
+  const float* gt = static_cast<const float*>(g.tok);
+  const float* gr = static_cast<const float*>(g.row);
   for (int64_t i = b0; i < b1; ++i) {
-    const float* gr = g + i * gs0;
     const float* lr = loss + i * T;
     const uint8_t* br = bits + i * NB;
     O* orow = out + i * T;
-    const __m512 gb = _mm512_set1_ps(gr[0]);
+    const float* gti = gt ? gt + i * g.ts0 : nullptr;
+    const __m512 gb = _mm512_set1_ps(gr ? gr[i * g.rs] : 0.0f);
+    const bool tok_dense = gt != nullptr && g.ts1 != 0;
+    const __m512 gtb = _mm512_set1_ps(gt != nullptr && !tok_dense ? gti[0] : 0.0f);
+    const __m512 gconst = gr != nullptr ? (gt != nullptr && !tok_dense ? _mm512_add_ps(gtb, gb) : gb) : gtb;
     for (int64_t j = 0; j < T; j += 16) {
       const bool tail = j + 16 > T;
       const __mmask16 tk = tail ? static_cast<__mmask16>((1u << (T - j)) - 1u) : static_cast<__mmask16>(0xFFFF);
@@ -846,7 +1233,11 @@ static void backward_rows_avx512(const float* g, int64_t gs0, int64_t gs1, const
       std::memcpy(&pb, br + j / 8, 2);
       const __mmask16 pass = static_cast<__mmask16>(pb) & tk;
       const __m512 l = tail ? _mm512_maskz_loadu_ps(tk, lr + j) : _mm512_loadu_ps(lr + j);
-      const __m512 gv = gs1 == 0 ? gb : (tail ? _mm512_maskz_loadu_ps(tk, gr + j) : _mm512_loadu_ps(gr + j));
+      __m512 gv = gconst;
+      if (tok_dense) {
+        gv = tail ? _mm512_maskz_loadu_ps(tk, gti + j) : _mm512_loadu_ps(gti + j);
+        if (gr != nullptr) gv = _mm512_add_ps(gv, gb);
+      }
       store16<O>(orow + j, _mm512_maskz_mul_ps(pass, gv, l), tk, tail);
     }
   }
@@ -854,11 +1245,9 @@ static void backward_rows_avx512(const float* g, int64_t gs0, int64_t gs1, const
 #endif
 
 template <typename O, typename C>
-static void backward_impl(const at::Tensor& g_t, const at::Tensor& loss_t, const at::Tensor& bits_t, at::Tensor& out_t) {
+static void backward_impl(const Grad& g, const at::Tensor& loss_t, const at::Tensor& bits_t, at::Tensor& out_t) {
   const int64_t B = loss_t.size(0), T = loss_t.size(1);
   if (B == 0 || T == 0) return;
-  const C* g = g_t.const_data_ptr<C>();
-  const int64_t gs0 = g_t.stride(0), gs1 = T <= 1 ? 0 : g_t.stride(1);
   const C* loss = loss_t.const_data_ptr<C>();
   const uint8_t* bits = bits_t.const_data_ptr<uint8_t>();
   const int64_t NB = bits_t.size(1);
@@ -868,21 +1257,34 @@ static void backward_impl(const at::Tensor& g_t, const at::Tensor& loss_t, const
   at::parallel_for(0, B, std::max<int64_t>(1, 65536 / T), [&](int64_t b0, int64_t b1) {
 #if CTPO_HAVE_AVX512
     if constexpr (std::is_same_v<C, float>) {
-      if (path == 0) return backward_rows_avx512<O>(g, gs0, gs1, loss, bits, NB, out, T, b0, b1);
+      if (path == 0) return backward_rows_avx512<O>(g, loss, bits, NB, out, T, b0, b1);
     }
 #endif
-    backward_rows_scalar<O, C>(g, gs0, gs1, loss, bits, NB, out, T, b0, b1);
+    backward_rows_scalar<O, C>(g, loss, bits, NB, out, T, b0, b1);
   });
 }
 
-at::Tensor token_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& loss, const at::Tensor& pass_bits,
-                                   at::ScalarType grad_dtype) {
-  check_backward_inputs(grad_loss, loss, pass_bits, grad_dtype);
-  TORCH_CHECK_VALUE(loss.device().is_cpu(), "ctpo::token_loss_backward (CPU kernel): loss: expected a CPU tensor, got ", loss.device());
+at::Tensor policy_loss_backward_cpu(const std::optional<at::Tensor>& grad_loss, const std::optional<at::Tensor>& grad_row_loss,
+                                    const at::Tensor& loss, const at::Tensor& pass_bits, at::ScalarType grad_dtype) {
+  check_backward_inputs(grad_loss, grad_row_loss, loss, pass_bits, grad_dtype);
+  TORCH_CHECK_VALUE(loss.device().is_cpu(), "ctpo::policy_loss_backward (CPU kernel): loss: expected a CPU tensor, got ", loss.device());
   const at::ScalarType Ct = loss.scalar_type();
   const at::Tensor l = loss.contiguous(), b = pass_bits.contiguous();
-  const at::Tensor g = prepare_grad(grad_loss, Ct);
+  Grad g{nullptr, 0, 0, nullptr, 0};
+  at::Tensor gt, gr;
+  if (grad_loss.has_value() && grad_loss->defined()) {
+    gt = prepare_grad(*grad_loss, Ct);
+    g.tok = gt.const_data_ptr();
+    g.ts0 = gt.stride(0);
+    g.ts1 = gt.size(1) <= 1 ? 0 : gt.stride(1);
+  }
+  if (grad_row_loss.has_value() && grad_row_loss->defined()) {
+    gr = prepare_grad_row(*grad_row_loss, Ct);
+    g.row = gr.const_data_ptr();
+    g.rs = gr.size(0) <= 1 ? 0 : gr.stride(0);
+  }
   at::Tensor out = new_output(loss.sizes(), grad_dtype);
+  if (g.tok == nullptr && g.row == nullptr) return out.zero_();
   if (Ct == at::kDouble) {
     switch (grad_dtype) {
       case at::kDouble: backward_impl<double, double>(g, l, b, out); break;
@@ -912,14 +1314,17 @@ at::Tensor token_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor
 TORCH_LIBRARY(ctpo, m) {
   m.set_python_module("ctpo_ext");
   m.def(
-      "token_loss(Tensor logp, Tensor old_logp, Tensor adv, Tensor mask, float clip_low, float clip_high, float clip_c, "
-      "float power, bool geomean, float delta_max, float log_w_max) -> (Tensor loss, Tensor log_w, Tensor pass_bits)");
-  m.def("token_loss_backward(Tensor grad_loss, Tensor loss, Tensor pass_bits, ScalarType grad_dtype) -> Tensor");
+      "policy_loss(Tensor logp, Tensor old_logp, Tensor adv, Tensor mask, Tensor? rollout_is_weights, int ratio, float lower, "
+      "float upper, float dual, float power, float delta_max, float log_w_max, int sample_stride) -> (Tensor loss, Tensor row_loss, "
+      "Tensor log_w, Tensor clipped, Tensor pass_bits, Tensor stats, Tensor totals, Tensor log_w_q)");
+  m.def(
+      "policy_loss_backward(Tensor? grad_loss, Tensor? grad_row_loss, Tensor loss, Tensor pass_bits, ScalarType grad_dtype) -> "
+      "Tensor");
 }
 
 TORCH_LIBRARY_IMPL(ctpo, CPU, m) {
-  m.impl("token_loss", &ctpo::token_loss_cpu);
-  m.impl("token_loss_backward", &ctpo::token_loss_backward_cpu);
+  m.impl("policy_loss", &ctpo::policy_loss_cpu);
+  m.impl("policy_loss_backward", &ctpo::policy_loss_backward_cpu);
 }
 
 static std::string compiled_cpu_path() {
@@ -933,7 +1338,7 @@ static std::string compiled_cpu_path() {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
-  mod.doc() = "CTPO fused token loss: importing this module registers torch.ops.ctpo.token_loss / token_loss_backward";
+  mod.doc() = "CTPO fused policy loss: importing this module registers torch.ops.ctpo.policy_loss / policy_loss_backward";
   mod.def("compiled_cpu_path", &compiled_cpu_path, "the CPU row kernel this build uses by default: avx512, vec or scalar");
   mod.def(
       "set_cpu_kernel",

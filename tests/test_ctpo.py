@@ -112,7 +112,7 @@ def test_hand_computed_ctpo_numbers():
     assert loss == pytest.approx(-(e(0.04) + e(0.06) + e(0.05 * math.sqrt(3))) / 3, abs=1e-12)
     torch.testing.assert_close(grad, torch.tensor([[-e(0.04) / 3, -e(0.06) / 3, 0.0, 0.0]], dtype=torch.float64), rtol=0, atol=1e-12)
     assert met["clip_frac_high"].item() == pytest.approx(1 / 3) and met["clip_frac_low"].item() == 0
-    assert met["t"].tolist() == [[1, 2, 2, 3]]
+    assert ctpo.response_position(m).tolist() == [[1, 2, 2, 3]]
 
     # A = -1: lower = -0.025 sqrt(t); dual cap = 0.05 sqrt(t). log rho = -0.03 (< -0.025: clipped low),
     # then -0.03 + 0.02 = -0.01 (inside), then -0.01 + 0.2 = 0.19 (> 0.0866: dual-clipped, loss = e^0.0866).
@@ -399,9 +399,10 @@ def test_bad_names_are_errors():
         ctpo.policy_loss(*args, clip_c=-1.0)
 
 
-def test_ext_backend_on_a_method_without_kernel_says_why():
-    with pytest.raises(RuntimeError, match="cumulative"):
-        ctpo.policy_loss(*_ok(), method="grpo", backend="ext")
+def test_ext_backend_on_a_form_without_kernel_says_why():
+    # every method has a kernel (issue 9); the no-stop-gradient teaching form does not
+    with pytest.raises(RuntimeError, match="stop-gradient form only"):
+        ctpo.policy_loss(*_ok(), method="grpo", backend="ext", stop_gradient=False)
 
 
 # -----------------------------------------------------------------------------

@@ -25,7 +25,7 @@ MAX_README_LINES = 300
 SNIPPET_TIMEOUT_S = 300  # a snippet with backend="ext" may JIT-build the extension first (about 30 s on 2 cores)
 
 # Links to docs that other work adds; remove an entry once its file is merged.
-PENDING_LINKS = {"docs/integrations.md": "the TRL/verl integrations write it (issue 12)"}
+PENDING_LINKS = {}  # doc -> why a link to it may dangle for now (a doc written on another branch)
 
 # The scripts' new interface (issue 10: --help on every script, exit status 2 for usage errors, default outputs
 # in out dirs) is built on another branch. strict: once it is merged these pass, the xfail turns into a failure,

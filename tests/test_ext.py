@@ -2,7 +2,8 @@
 
 The first test to need it JIT-builds the extension (~30 s, once per fresh clone; CTPO_EXT_DIR sets where).
 Every CPU row kernel of the build is checked against the reference: the AVX-512 one (where compiled in), the
-portable at::vec one and the scalar one (switched with ctpo_ext.load().set_cpu_kernel(...)).
+portable at::vec one and the scalar one (switched with ctpo_ext.load().set_cpu_kernel(...)). This file tests the cumulative family through
+ctpo_ext.ctpo_token_loss and the op's plumbing; tests/test_ext_policy_loss.py tests every method end to end.
 """
 
 import os
@@ -20,22 +21,6 @@ import ctpo_ext
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KNOB_NAMES = ("clip_low", "clip_high", "clip_c", "power", "geomean", "delta_max", "log_w_max")
 CUDA = torch.cuda.is_available()
-
-
-@pytest.fixture(scope="module")
-def ext():
-    mod = ctpo_ext.load()  # builds here: a failure is a test failure (CI has a compiler)
-    yield mod
-    mod.set_cpu_kernel("auto")
-
-
-@pytest.fixture(params=["auto", "vec", "scalar"])
-def cpu_path(request, ext):
-    if request.param != "auto" and ext.compiled_cpu_path().startswith(request.param):
-        pytest.skip(f"auto is the {request.param} kernel in this build")
-    ext.set_cpu_kernel(request.param)
-    yield request.param
-    ext.set_cpu_kernel("auto")
 
 
 def cfg_for(geomean, power, **kw):
@@ -286,15 +271,22 @@ def test_gradcheck_float64(ext):
 
 
 def test_opcheck(ext):
-    cfg = ctpo.method_config("ctpo")
     logp, old, adv, mask = make(3, 40, seed=11)
-    for lp, ol, a in ((logp, old, adv[:, None].expand_as(logp)), (logp.double(), old.double(), torch.randn(3, 40, dtype=torch.float64))):
-        args = (lp.clone().requires_grad_(), ol, a, mask, *knobs(cfg))
-        torch.library.opcheck(torch.ops.ctpo.token_loss.default, args)
-    loss, _, bits = torch.ops.ctpo.token_loss(logp, old, adv[:, None].expand_as(logp), mask, *knobs(cfg))
+    rw = torch.rand(3, 40)
+    for ratio in range(5):
+        for lp, ol, a, w in (
+            (logp, old, adv[:, None].expand_as(logp), None),
+            (logp.double(), old.double(), torch.randn(3, 40, dtype=torch.float64), rw.double()),
+            (logp.bfloat16(), old.float(), adv[:, None].expand_as(logp), rw),
+        ):
+            args = (lp.clone().requires_grad_(), ol, a, mask, w, ratio, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, 7)
+            torch.library.opcheck(torch.ops.ctpo.policy_loss.default, args)
+    out = torch.ops.ctpo.policy_loss(logp, old, adv[:, None].expand_as(logp), mask, None, 3, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, 1)
+    loss, bits = out[0], out[4]
     assert bits.shape == (3, ctpo_ext.pass_bits_bytes(40)) and bits.dtype == torch.uint8
     for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
-        torch.library.opcheck(torch.ops.ctpo.token_loss_backward.default, (torch.randn(3, 40), loss, bits, dt))
+        for g_tok, g_row in ((torch.randn(3, 40), None), (None, torch.randn(3)), (torch.randn(3, 40), torch.randn(3)), (None, None)):
+            torch.library.opcheck(torch.ops.ctpo.policy_loss_backward.default, (g_tok, g_row, loss, bits, dt))
 
 
 def test_torch_compile_fullgraph(ext):
@@ -338,10 +330,14 @@ def test_policy_loss_backends_agree(ext, method, agg):
     assert m_p["backend"] == "python" and m_e["backend"] == "ext"
     torch.testing.assert_close(l_e, l_p, rtol=2e-6, atol=1e-7)
     torch.testing.assert_close(g_e, g_p, rtol=2e-6, atol=1e-8)
-    assert m_p.keys() == m_e.keys()
+    assert list(m_p.keys()) == list(m_e.keys())
     for k in m_p:
         if isinstance(m_p[k], torch.Tensor):
-            assert torch.equal(m_p[k], m_e[k]), k  # identical metrics: same log rho bits, same clip flags
+            assert m_p[k].dtype == m_e[k].dtype and m_p[k].shape == m_e[k].shape, k
+            if m_p[k].is_floating_point() and k != "log_w":  # the kernel sums exp(log w) in float64, Python in float32
+                torch.testing.assert_close(m_e[k], m_p[k], rtol=2e-6, atol=0, msg=k)
+            else:
+                assert torch.equal(m_p[k], m_e[k]), k  # identical: same log rho bits, same clip flags and counts
 
 
 def test_geomean_by_ratio_name_uses_the_kernel(ext):
@@ -414,17 +410,28 @@ def test_errors_name_the_argument(ext):
     with pytest.raises(ValueError, match="clip_c"):
         ctpo_ext.ctpo_token_loss(logp, old, adv2, mask, 0.1, 0.1, 0.0, 0.5, False, 20.0, 10.0)
     # the raw op checks too (ValueError / TypeError from C++)
+    op = torch.ops.ctpo.policy_loss
+    rest = (3, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, 1)
     with pytest.raises(ValueError, match="mask"):
-        torch.ops.ctpo.token_loss(logp, old, adv2, mask[:, :4], *k)
+        op(logp, old, adv2, mask[:, :4], None, *rest)
     with pytest.raises(TypeError, match="logp"):
-        torch.ops.ctpo.token_loss(logp.long(), old, adv2, mask, *k)
+        op(logp.long(), old, adv2, mask, None, *rest)
+    with pytest.raises(ValueError, match="rollout_is_weights"):
+        op(logp, old, adv2, mask, torch.ones(2, 4), *rest)
+    with pytest.raises(ValueError, match="ratio"):
+        op(logp, old, adv2, mask, None, 5, *rest[1:])
+    with pytest.raises(ValueError, match="sample_stride"):
+        op(logp, old, adv2, mask, None, *rest[:-1], 0)
     bits = torch.zeros(2, 4, dtype=torch.uint8)
+    bwd = torch.ops.ctpo.policy_loss_backward
     with pytest.raises(ValueError, match="grad_loss"):
-        torch.ops.ctpo.token_loss_backward(torch.ones(3), torch.ones(2, 8), bits, torch.float32)
+        bwd(torch.ones(3), None, torch.ones(2, 8), bits, torch.float32)
+    with pytest.raises(ValueError, match="grad_row_loss"):
+        bwd(None, torch.ones(3), torch.ones(2, 8), bits, torch.float32)
     with pytest.raises(ValueError, match="pass_bits"):
-        torch.ops.ctpo.token_loss_backward(torch.ones(2, 8), torch.ones(2, 8), bits[:, :2], torch.float32)
+        bwd(torch.ones(2, 8), None, torch.ones(2, 8), bits[:, :2], torch.float32)
     with pytest.raises(TypeError, match="pass_bits"):
-        torch.ops.ctpo.token_loss_backward(torch.ones(2, 8), torch.ones(2, 8), bits.float(), torch.float32)
+        bwd(torch.ones(2, 8), None, torch.ones(2, 8), bits.float(), torch.float32)
 
 
 def test_unsupported_device_is_a_clear_error(ext):

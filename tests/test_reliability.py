@@ -142,17 +142,10 @@ def test_no_nan_gradient_through_an_unused_branch(method, backend, dtype):
             assert (grad[m["clipped"]] == 0).all()
 
 
-def _kernel_lacks_zero_adv_rule(method, backend):
-    # the fused kernel on main predates the A = 0 rule; the issue-9 op implements it (then this xfail goes)
-    return HAVE_EXT and backend != "python" and method in ("ctpo", "ctpo-fixed")  # geomean: log w = 20, no overflow
-
-
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("backend", backends())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
-def test_zero_advantage_is_exactly_zero_even_where_w_overflows(method, backend, dtype, request):
-    if _kernel_lacks_zero_adv_rule(method, backend) and dtype != torch.float64:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="kernel without the A = 0 rule"))
+def test_zero_advantage_is_exactly_zero_even_where_w_overflows(method, backend, dtype):
     for log_w_max in (10.0, 100.0, 1e4, math.inf):
         logp = torch.zeros(2, 5, dtype=dtype, requires_grad=True)
         old = torch.full((2, 5), -20.0, dtype=dtype)  # delta = 20 per token: log w up to 100 (and 2000 for sequence)
