@@ -1,5 +1,7 @@
 """
-Issue 11 experiments: a long-response toy (sort ~128 digits) where RL learns and log rho_t is a random walk.
+Issue 11 experiments: a long-response toy (~130 tokens) where RL learns and log rho_t is a random walk.
+Tasks: sort (train_tiny's, ~130 digits), walk, pairs, ipairs, fpairs, gpairs (each described above its code);
+gpairs without the shift is the one chosen, moved into train_tiny.py as task = "pairs" (config/long.py).
 
 This is a lab script, not the toy itself: it reuses train_tiny.py's task (make_batch, score, position_sums)
 and ctpo's sampling / log-probs / advantages / loss, and adds what the experiments need to vary:
