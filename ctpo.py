@@ -673,16 +673,16 @@ def policy_loss(
         if ref_logp is None:
             raise ValueError("ref_logp: required when beta != 0")
         ref_logp = check_token_tensor("ref_logp", ref_logp, logp, mask)
-    if rollout_is_weights is not None:
-        rollout_is_weights = check_token_tensor("rollout_is_weights", rollout_is_weights, logp, mask, nonnegative=True, check_values=False)
     cfg = method_config(method, **knobs)
     use_ext = backend != "python" and _ext_usable(backend, cfg, logp)
+    if rollout_is_weights is not None:  # its values: checked here for Python, by the kernel for ext
+        rollout_is_weights = check_token_tensor(
+            "rollout_is_weights", rollout_is_weights, logp, mask, nonnegative=True, check_values=not use_ext
+        )
     if use_ext:  # one fused op: loss, per-row sums, metric partials and the value checks
         loss, metrics = _ext_policy_loss(logp, old_logp, adv, mask, cfg, rollout_is_weights, agg, num_tokens, num_seqs, loss_scale_factor)
     else:
         check_finite(logp, old_logp, adv, mask)
-        if rollout_is_weights is not None:
-            check_token_tensor("rollout_is_weights", rollout_is_weights, logp, mask, nonnegative=True)
         loss_tok, log_w, t, flags = token_losses(logp, old_logp, adv, mask, cfg)
         if rollout_is_weights is not None:  # where, not a product: padding weights may be anything
             loss_tok = torch.where(mask, loss_tok * rollout_is_weights.to(loss_tok.dtype), 0.0)
