@@ -16,6 +16,7 @@ Two tables:
     python bench.py --no-compile          # skip torch.compile (its first call compiles, ~10-60 s per shape)
     python bench.py --breakdown           # also time the ext's parts: forward op, backward op
     python bench.py --no-e2e / --e2e-only # one of the two tables
+    python bench.py --device cuda         # on a GPU (CUDA-synchronised timings; compile = Inductor's Triton)
 
 What is timed in table 1, per (B, T, dtype), each as  loss = per_token_loss.sum() / n_tokens;  grad = d loss / d logp:
   python   ctpo.token_losses (eager), the reference ctpo.policy_loss(backend="python") runs
@@ -51,6 +52,9 @@ DEFAULT_SIZES = ["16x1024", "64x4096", "256x4096", "256x8192"]
 E2E_METHODS = ["ctpo", "grpo", "gspo", "sequence"]
 
 
+DEVICE = "cpu"  # set by --device
+
+
 def make_inputs(B, T, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     logp = -1.0 + 0.05 * torch.randn(B, T, generator=g)
@@ -61,13 +65,19 @@ def make_inputs(B, T, dtype, seed=0):
     for i in range(0, B, 4):  # a tool-output span inside the response: masked, does not advance t
         a = int(torch.randint(0, max(1, T // 2), (1,), generator=g))
         mask[i, a : a + max(1, T // 16)] = False
-    adv = torch.randn(B, generator=g)
-    return logp, old, adv[:, None].expand(B, T), mask
+    adv = torch.randn(B, generator=g).to(DEVICE)
+    return logp.to(DEVICE), old.to(DEVICE), adv[:, None].expand(B, T), mask.to(DEVICE)
 
 
 def timeit(fn):
+    """ms of one call; on a GPU from a synchronised start to the end of its last kernel (launch overhead included)."""
+    cuda = DEVICE == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
     fn()
+    if cuda:
+        torch.cuda.synchronize()
     return (time.perf_counter() - t0) * 1e3
 
 
@@ -139,10 +149,10 @@ def run_case(B, T, dtype_name, method, repeats, use_compile, breakdown=False, wa
         return f
 
     itemsize = logp.element_size()
-    loss_buf = torch.empty(B, T, dtype=torch.float32)
-    lw_buf = torch.empty(B, T, dtype=torch.float32)
-    mask_buf = torch.empty(B, T, dtype=torch.bool)
-    grad_buf = torch.empty(B, T, dtype=dtype)
+    loss_buf = torch.empty(B, T, dtype=torch.float32, device=DEVICE)
+    lw_buf = torch.empty(B, T, dtype=torch.float32, device=DEVICE)
+    mask_buf = torch.empty(B, T, dtype=torch.bool, device=DEVICE)
+    grad_buf = torch.empty(B, T, dtype=dtype, device=DEVICE)
 
     def floor():
         loss_buf.copy_(logp)
@@ -155,7 +165,7 @@ def run_case(B, T, dtype_name, method, repeats, use_compile, breakdown=False, wa
         fns["compile"] = fwd_bwd(torch.compile(python_loss, fullgraph=True, dynamic=False))
     if breakdown:  # the parts of the ext's fwd+bwd, each alone: the forward op, the backward op
         out0 = torch.ops.ctpo.policy_loss(logp, old, adv, mask, None, *args)
-        g0 = torch.ones((), dtype=torch.float64).expand(B)  # what row_loss.sum() / n hands the backward: a broadcast
+        g0 = torch.ones((), dtype=torch.float64, device=DEVICE).expand(B)  # what row_loss.sum() / n hands the backward: a broadcast
         fns["ext_fwd_op"] = lambda: torch.ops.ctpo.policy_loss(logp, old, adv, mask, None, *args)
         fns["ext_bwd_op"] = lambda: torch.ops.ctpo.policy_loss_backward(None, g0, out0[0], out0[4], dtype)
 
@@ -321,9 +331,14 @@ def main(argv=None):
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     ap.add_argument("--json", action="store_true", help="print JSON (a list of objects) instead of the table")
     ap.add_argument("--breakdown", action="store_true", help="also time the ext's parts: forward op, .sum(), backward op")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the tensors live (default: %(default)s)")
     args = ap.parse_args(argv)
 
+    global DEVICE
+    DEVICE = args.device
     mod = ctpo_ext.load()
+    if DEVICE == "cuda" and not (torch.cuda.is_available() and mod.with_cuda()):
+        ap.error("--device cuda: needs a visible GPU and the extension built with its CUDA kernels (TORCH_CUDA_ARCH_LIST, CUDA_HOME)")
     rows, e2e = [], []
     for size in args.sizes:
         B, T = (int(v) for v in size.lower().split("x"))
@@ -339,10 +354,13 @@ def main(argv=None):
     if args.json:
         print(json.dumps(rows + e2e, indent=1))
         return rows + e2e
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-        f"ext CPU path {mod.compiled_cpu_path()}; method {args.method}; fwd+bwd of sum(per-token loss)/n, median of ~{args.repeats} runs"
+    where = (
+        f"GPU {torch.cuda.get_device_name()}, CUDA {torch.version.cuda}"
+        if DEVICE == "cuda"
+        else f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"ext CPU path {mod.compiled_cpu_path()}"
     )
+    print(f"torch {torch.__version__}, {where}; method {args.method}; fwd+bwd of sum(per-token loss)/n, median of ~{args.repeats} runs")
     print(
         "floor = logp->loss buf, old_logp->log_w buf, mask->bool buf (copy_), grad buf fill_: the op's minimal bytes, streamed once; "
         "load: " + " ".join(f"{x:.2f}" for x in os.getloadavg())

@@ -249,6 +249,13 @@ def _weights(value, delta, mask, stop_gradient):
     return torch.where(mask, log_w, torch.zeros_like(log_w))
 
 
+def _row_sum(x):
+    """sum over T, (B, 1), accumulated in float64 like every prefix sum S_t here and in the kernels: a float32 running
+    sum over thousands of tokens drifts, and torch's own float32 cumsum accumulates in float64 on the CPU but in
+    float32 on CUDA, so the reference would otherwise clip differently on the two devices."""
+    return x.sum(dim=-1, keepdim=True, dtype=torch.float64).to(x.dtype)
+
+
 def token_ratio(delta, mask, stop_gradient=True):
     """PPO / GRPO: log r_t = delta_t (both forms coincide)."""
     return _weights(delta, delta, mask, stop_gradient)
@@ -256,20 +263,20 @@ def token_ratio(delta, mask, stop_gradient=True):
 
 def sequence_ratio(delta, mask, stop_gradient=True):
     """Full sequence ratio prod_{t<=H} r_t on every token: log w_t = sum of delta over the whole response."""
-    total = torch.where(mask, delta, 0.0).sum(dim=-1, keepdim=True).expand_as(delta)  # (B, T)
+    total = _row_sum(torch.where(mask, delta, 0.0)).expand_as(delta)  # (B, T)
     return _weights(total, delta, mask, stop_gradient)
 
 
 def gspo_ratio(delta, mask, stop_gradient=True):
     """GSPO: the geometric mean (prod_{t<=H} r_t)^(1/H) over the H response tokens, on every token."""
     n = mask.sum(dim=-1, keepdim=True).clamp(min=1)
-    mean = (torch.where(mask, delta, 0.0).sum(dim=-1, keepdim=True) / n).expand_as(delta)  # (B, T)
+    mean = (_row_sum(torch.where(mask, delta, 0.0)) / n).expand_as(delta)  # (B, T)
     return _weights(mean, delta, mask, stop_gradient)
 
 
 def cumulative_ratio(delta, mask, stop_gradient=True, geomean=False):
     """CTPO: log rho_t = S_t = sum_{t'<=t} m_t' delta_t'; geomean: S_t / t, the authors' second variant."""
-    prefix = torch.where(mask, delta, 0.0).cumsum(dim=-1)  # (B, T) S_t
+    prefix = torch.where(mask, delta, 0.0).cumsum(dim=-1, dtype=torch.float64).to(delta.dtype)  # (B, T) S_t, see _row_sum
     if geomean:
         prefix = prefix / response_position(mask).clamp(min=1)
     return _weights(prefix, delta, mask, stop_gradient)
