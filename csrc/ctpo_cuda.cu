@@ -1,7 +1,7 @@
 // CUDA kernels of the fused policy loss. Torch-free (cub + CUDA headers only): raw pointers and a launcher per op,
 // so `nvcc -c csrc/ctpo_cuda.cu` compile-checks it on a machine without a GPU or CUDA torch.
 // Semantics: see csrc/ctpo.cpp (the CPU kernel: every output and knob) and ctpo.token_losses (the reference).
-// Status: compiled here with nvcc, never run on a GPU (no GPU was available while it was written).
+// Status: run and tested on an H200 (tests/test_cuda.py; tools/gpu_check.sh runs the GPU checks).
 //
 // Forward: one block of 256 threads per row. sequence / gspo first reduce the row's masked clamped deltas
 // (float64) and count. A tile is 8 x 256 tokens loaded striped (each of the 8 loads is one contiguous, coalesced
@@ -12,7 +12,8 @@
 // the clipped flag; a warp ballot packs the 32 "gradient passes" bits of each warp into one word of pass_bits.
 // Each thread keeps the row statistics (counts, float64 sums, min / max, bad-value flags), reduced once per row
 // with cub::BlockReduce; then the row writes its slots of the quantile sample. A second kernel (one block)
-// radix-sorts the sample (<= 4096 values) and picks the nearest-rank quantiles. Backward: a grid-stride
+// adds up the batch totals, radix-sorts the sample (<= 4096 values; the glue sorts a larger one with ATen) and
+// picks the nearest-rank quantiles. Backward: a grid-stride
 // elementwise (grad + grad_row) * loss where the bit is set (else exactly 0), broadcasts read in place.
 
 #include <cub/block/block_radix_sort.cuh>
@@ -33,6 +34,7 @@ constexpr int kBlock = 256;
 constexpr int kItems = 8;
 constexpr int kSortItems = 16;  // kBlock * kSortItems = 4096 = the largest quantile sample
 static_assert(kBlock * kSortItems >= kFallbackSample, "the quantile sort must hold the fallback sample");
+static_assert(kBlock * kSortItems == kMaxKernelSample, "ctpo_cuda.h's kMaxKernelSample is what the quantile kernel sorts");
 
 __device__ __forceinline__ float widen(float x) { return x; }
 __device__ __forceinline__ double widen(double x) { return x; }
@@ -292,8 +294,28 @@ __global__ void __launch_bounds__(kBlock) policy_loss_fwd_kernel(const FwdParams
   }
 }
 
-// one block: the batch totals of the per-row statistics (in row order: deterministic), and the nearest-rank quantiles (k = max(1, ceil(q / 100 * n))) of the sampled mask tokens' log w; the first
-// kFallbackSample mask tokens in flat order where the sample holds none; 0 without tokens
+struct Totals {  // the batch totals of the kNumStats per-row statistics
+  double v[kNumStats];
+};
+
+struct TotalsOp {  // min for min_log_w, max for max_log_w, sum for the rest
+  __device__ __forceinline__ Totals operator()(const Totals& a, const Totals& b) const {
+    Totals r;
+#pragma unroll
+    for (int c = 0; c < kNumStats; ++c) {
+      if (c == kStatMinLogW) r.v[c] = a.v[c] < b.v[c] ? a.v[c] : b.v[c];
+      else if (c == kStatMaxLogW) r.v[c] = a.v[c] > b.v[c] ? a.v[c] : b.v[c];
+      else r.v[c] = a.v[c] + b.v[c];
+    }
+    return r;
+  }
+};
+
+// one block: the batch totals of the per-row statistics (thread k folds rows k, k + 256, ... in order, then a
+// fixed reduction tree: deterministic), and the nearest-rank quantiles (k = max(1, ceil(q / 100 * n))) of the
+// sampled mask tokens' log w; the first kFallbackSample mask tokens in flat order where the sample holds none;
+// 0 without tokens. A sample of more than kBlock * kSortItems slots (an explicit small sample_stride) is left to
+// the glue, which sorts it with ATen.
 template <typename C>
 __global__ void __launch_bounds__(kBlock) quantile_kernel(const FwdParams p) {
   using Sort = cub::BlockRadixSort<C, kBlock, kSortItems>;
@@ -305,19 +327,24 @@ __global__ void __launch_bounds__(kBlock) quantile_kernel(const FwdParams p) {
   } sm;
   __shared__ typename Count::TempStorage count_storage;
   __shared__ typename Scan::TempStorage scan_storage;
+  __shared__ typename cub::BlockReduce<Totals, kBlock>::TempStorage totals_storage;
   __shared__ int s_n;
   C* vals = sm.vals;
-  if (threadIdx.x < kNumStats) {
-    const int c = threadIdx.x;
-    const double* x = p.stats + c * p.B;
-    double v = c == kStatMinLogW ? INFINITY : (c == kStatMaxLogW ? -INFINITY : 0.0);
-    for (int64_t i = 0; i < p.B; ++i) {
-      if (c == kStatMinLogW) v = x[i] < v ? x[i] : v;
-      else if (c == kStatMaxLogW) v = x[i] > v ? x[i] : v;
-      else v += x[i];
-    }
-    p.totals[c] = v;
+  Totals part;
+#pragma unroll
+  for (int c = 0; c < kNumStats; ++c) part.v[c] = c == kStatMinLogW ? INFINITY : (c == kStatMaxLogW ? -INFINITY : 0.0);
+  for (int64_t i = threadIdx.x; i < p.B; i += kBlock) {
+    Totals row;
+#pragma unroll
+    for (int c = 0; c < kNumStats; ++c) row.v[c] = p.stats[c * p.B + i];
+    part = TotalsOp()(part, row);
   }
+  const Totals all = cub::BlockReduce<Totals, kBlock>(totals_storage).Reduce(part, TotalsOp());
+  if (threadIdx.x == 0) {  // the reduction's result is valid in thread 0 only
+#pragma unroll
+    for (int c = 0; c < kNumStats; ++c) p.totals[c] = all.v[c];
+  }
+  if (p.sample_n > kMaxKernelSample) return;  // block-uniform: the glue sorts a larger sample
   const C* sv = static_cast<const C*>(p.sample_v);
   const C nan = static_cast<C>(NAN);  // sorts after every number: the invalid slots go last
   int mine = 0;
@@ -418,7 +445,7 @@ cudaError_t dispatch_bwd(const BwdParams& p, cudaStream_t stream) {
 
 cudaError_t policy_loss_forward(const FwdParams& p, cudaStream_t stream) {
   if (p.B == 0 || p.T == 0) return cudaSuccess;  // the glue fills the outputs of an empty batch
-  if (p.B > 2147483647LL || p.sample_n > kBlock * kSortItems) return cudaErrorInvalidValue;
+  if (p.B > 2147483647LL) return cudaErrorInvalidValue;
   const bool same = p.old_dtype == p.logp_dtype;
   switch (p.logp_dtype) {
     case DType::F32: return same ? launch_fwd<float, float, float>(p, stream) : cudaErrorInvalidValue;

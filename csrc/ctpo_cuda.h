@@ -41,7 +41,8 @@ struct FwdParams {
   double* stats;
   double* totals;
   void* log_w_q;
-  // scratch: the quantile sample, sample_n = ceil(B * T / sample_stride) <= 4096 slots
+  // scratch: the quantile sample, sample_n = ceil(B * T / sample_stride) slots (sorted by the kernel when
+  // <= kMaxKernelSample)
   void* sample_v;  // compute dtype
   unsigned char* sample_m;
   int64_t sample_n;
@@ -60,6 +61,10 @@ struct BwdParams {
   DType out_dtype;
   int64_t B, T;
 };
+
+// the largest quantile sample the quantile kernel sorts itself (one block of 256 threads x 16 keys); a larger one
+// is left to the caller (the glue sorts it with ATen), log_w_q is then not written
+constexpr int64_t kMaxKernelSample = 4096;
 
 // Launch on `stream`; return the launch status (cudaGetLastError after the launch).
 cudaError_t policy_loss_forward(const FwdParams& p, cudaStream_t stream);

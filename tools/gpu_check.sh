@@ -29,8 +29,11 @@ step() {  # step NAME SECONDS CMD...: run with a time limit, log to OUT/NAME.log
   nvcc --version | tail -n 2; echo "CUDA_HOME=$CUDA_HOME TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST MAX_JOBS=$MAX_JOBS"; } >"$OUT/summary.log" 2>&1
 cat "$OUT/summary.log"
 step build "${BUILD_S:-180}" $PY -c "import ctpo_ext; m = ctpo_ext.load(verbose=True); print('with_cuda', m.with_cuda()); assert m.with_cuda()"
-step tests "${TESTS_S:-200}" $PY -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_ext.py tests/test_ext_policy_loss.py -k "cuda and not nvcc"
+# two processes: a crash in one (a segfault kills pytest before its summary) does not hide the other's results
+step tests "${TESTS_S:-200}" $PY -m pytest -q -rfEs --tb=short -p no:cacheprovider tests/test_cuda.py
 tests_rc=$?
+step tests_ext "${TESTS_S:-200}" $PY -m pytest -v -rfEs --tb=short -p no:cacheprovider tests/test_ext.py tests/test_ext_policy_loss.py -k "cuda and not nvcc"
+tests_rc=$(( tests_rc | $? ))
 step bench "${BENCH_S:-100}" $PY bench.py --device cuda --sizes 256x4096 --dtypes float32 --breakdown --repeats 30 --e2e-methods ctpo grpo --e2e-compile-sizes
 step bench_large "${BENCH_LARGE_S:-90}" $PY bench.py --device cuda --sizes 16x1024 256x32768 1024x8192 --dtypes float32 bfloat16 --no-compile --breakdown --repeats 30 --e2e-methods ctpo grpo gspo
 step train "${TRAIN_S:-60}" $PY train_tiny.py --device=cuda --backend=ext --sft_steps=100 --rl_steps=20 --eval_interval=10 --out_dir=/tmp/ctpo_gpu_train --overwrite=True
