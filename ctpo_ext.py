@@ -21,6 +21,7 @@ kernels anyway.
 
 import importlib
 import importlib.util
+import math
 import os
 import shutil
 import sys
@@ -341,8 +342,24 @@ def policy_loss_op(
     if _module is None:
         load()
     adv = _check(logp, old_logp, adv, mask, rollout_is_weights)
+    # every check the C++ op makes, made here first: a C++ exception is then never the first line of defence
+    # (on one GPU image an extension built with its compiler wrapper crashed on any C++ exception; docs/kernel.md)
     if ratio not in RATIO_CODES:
         raise ValueError(f"ratio: expected one of {list(RATIO_CODES)}, got {ratio!r}")
+    scalars = dict(lower=lower, upper=upper, dual=dual, power=power, delta_max=delta_max, log_w_max=log_w_max)
+    for name, v in scalars.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"{name}: expected a number, got {type(v).__name__}")
+    if not math.isfinite(power):
+        raise ValueError(f"power: expected a finite number, got {power}")
+    if not delta_max > 0:
+        raise ValueError(f"delta_max: expected > 0, got {delta_max}")
+    if not log_w_max >= 0:
+        raise ValueError(f"log_w_max: expected >= 0, got {log_w_max}")
+    if isinstance(sample_stride, bool) or not isinstance(sample_stride, int) or sample_stride < 1:
+        raise ValueError(f"sample_stride: expected an integer >= 1, got {sample_stride!r}")
+    if logp.shape[1] >= 2**31 - 64:
+        raise ValueError(f"logp: T = {logp.shape[1]} is too long (at most 2^31 - 65 tokens per row)")
     return FusedLoss(
         *torch.ops.ctpo.policy_loss(
             logp,

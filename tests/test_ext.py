@@ -387,6 +387,28 @@ def test_missing_compiler_says_how_to_build(tmp_path):
 # Errors
 
 
+def test_cpp_errors_reach_python_cpu_and_cuda(ext):
+    """A check inside the C++ op itself (a bad ratio code, past the Python wrapper's checks) raises ValueError in
+    Python, on the CPU and (with a GPU) on CUDA tensors. Run in a subprocess: on one GPU image an extension built
+    with its compiler wrapper died on any C++ exception (docs/kernel.md); that must fail this test, not kill pytest."""
+    devices = ["cpu"] + (["cuda"] if CUDA and ext.with_cuda() else [])
+    code = (
+        "import sys, torch, ctpo_ext\n"
+        "ctpo_ext.load()\n"
+        "for dev in sys.argv[1:]:\n"
+        "    x = torch.zeros(2, 3, device=dev)\n"
+        "    m = torch.ones(2, 3, dtype=torch.bool, device=dev)\n"
+        "    try:\n"
+        "        torch.ops.ctpo.policy_loss(x, x, x, m, None, 9, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, 1)\n"
+        "    except ValueError as e:\n"
+        "        assert 'ratio' in str(e), e\n"
+        "        print('raised on', dev)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code, *devices], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert r.stdout.split("\n")[:-1] == [f"raised on {d}" for d in devices], r.stdout
+
+
 def test_errors_name_the_argument(ext):
     cfg = ctpo.method_config("ctpo")
     k = knobs(cfg)
@@ -409,6 +431,21 @@ def test_errors_name_the_argument(ext):
             ctpo_ext.ctpo_token_loss(*args, *k)
     with pytest.raises(ValueError, match="clip_c"):
         ctpo_ext.ctpo_token_loss(logp, old, adv2, mask, 0.1, 0.1, 0.0, 0.5, False, 20.0, 10.0)
+    # policy_loss_op makes every check of the C++ op itself, before calling it
+    op_cases = [
+        (dict(ratio="cumulative-mean"), ValueError, "ratio"),
+        (dict(power=float("inf")), ValueError, "power"),
+        (dict(power="0.5"), TypeError, "power"),
+        (dict(lower=None), TypeError, "lower"),
+        (dict(delta_max=0.0), ValueError, "delta_max"),
+        (dict(log_w_max=-1.0), ValueError, "log_w_max"),
+        (dict(log_w_max=float("nan")), ValueError, "log_w_max"),
+        (dict(sample_stride=0), ValueError, "sample_stride"),
+        (dict(sample_stride=2.0), ValueError, "sample_stride"),
+    ]
+    for kw, exc, name in op_cases:
+        with pytest.raises(exc, match=name):
+            ctpo_ext.policy_loss_op(logp, old, adv2, mask, **kw)
     # the raw op checks too (ValueError / TypeError from C++)
     op = torch.ops.ctpo.policy_loss
     rest = (3, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, 1)
