@@ -11,8 +11,9 @@ train_tiny.py is deterministic on a given machine), so a method's effect is meas
 difference reference - method over seeds: its mean and a 95% interval mean +- t(0.975, n - 1) * sd / sqrt(n)
 (Student t, sd with ddof = 1; the t quantile is computed exactly from the regularised incomplete beta
 function, no scipy). The differences are of the gains during RL (after - before: held-out greedy exact
-match in points, held-out sampled reward), equal to the differences of the final values when the warm
-starts match, which compare.json records (paired_warm_start).
+match in points, held-out sampled reward, and the held-out reward averaged over the evaluations after step 0:
+learning speed, which still separates two methods that both end at the reward's ceiling), equal to the
+differences of the final values when the warm starts match, which compare.json records (paired_warm_start).
 
 Sweep: one train_tiny.py key may be given a comma-separated list (e.g. --num_minibatches=1,4,16, the
 staleness: optimizer steps per rollout, 16 in the paper); every method x seed then runs at every value,
@@ -51,7 +52,16 @@ PER_RUN = ("method", "seed", "overwrite", "resume")  # train_tiny.py keys that c
 GAINS = (
     ("acc_gain", "accuracy_after", "accuracy_before", 100.0, "held-out acc gain (points)"),
     ("reward_gain", "reward_after", "reward_before", 1.0, "held-out reward gain"),
+    # learning speed: the held-out reward averaged over the evaluations after step 0 (the area under the curve, per
+    # evaluation), minus before; still separates methods whose final rewards both reach the ceiling
+    ("curve_gain", "reward_curve_mean", "reward_before", 1.0, "mean held-out reward over the evaluations, gain"),
 )
+
+
+def reward_curve_mean(curve):
+    """Mean of the held-out rewards a run's metrics.jsonl logged after step 0 (None if it logged none)."""
+    evals = [r["eval_reward"] for r in curve if r.get("eval_reward") is not None and r["step"] > 0]
+    return sum(evals) / len(evals) if evals else None
 
 
 class CompareError(ValueError):
@@ -201,6 +211,8 @@ def analyse(summaries, methods, seeds, reference, values=(None,)):
     (value, other method) the paired interval of reference - method for each gain in GAINS."""
     table, paired = [], []
     gain = {name: lambda s, a=a, b=b, k=k: k * (s[a] - s[b]) for name, a, b, k, _ in GAINS}
+    # a gain whose numbers some run lacks (curve_gain without a logged evaluation) is left out everywhere
+    names = [name for name, a, *_ in GAINS if all(s.get(a) is not None for s in summaries.values())]
     for v in values:
         for method in methods:
             ss = [summaries[(method, s, v)] for s in seeds]
@@ -208,6 +220,8 @@ def analyse(summaries, methods, seeds, reference, values=(None,)):
             row = {"value": v, "method": method, "seeds": seeds, "accuracy_before": col("accuracy_before", 100.0)}
             row.update(accuracy_after=col("accuracy_after", 100.0), acc_gain=mean_std([gain["acc_gain"](s) for s in ss]))
             row.update(reward_after=col("reward_after"), reward_gain=mean_std([gain["reward_gain"](s) for s in ss]))
+            if "curve_gain" in names:
+                row.update(reward_curve_mean=col("reward_curve_mean"), curve_gain=mean_std([gain["curve_gain"](s) for s in ss]))
             row.update(train_reward_last10=col("train_reward_last10"), clip_frac=col("clip_frac", 100.0))
             row.update(mean_response_len=col("mean_response_len"), wall_seconds=col("wall_seconds"))
             table.append(row)
@@ -215,7 +229,7 @@ def analyse(summaries, methods, seeds, reference, values=(None,)):
             if method == reference:
                 continue
             entry = {"value": v, "comparison": f"{reference} - {method}", "reference": reference, "method": method}
-            for name, *_ in GAINS:
+            for name in names:
                 entry[name] = paired_interval(
                     [gain[name](summaries[(reference, s, v)]) - gain[name](summaries[(method, s, v)]) for s in seeds]
                 )
@@ -238,21 +252,27 @@ def markdown(table, paired, seeds, sweep_key, note):
 
     lead = [sweep_key] if sweep_key else []
     head = lead + ["method", "held-out acc before (%)", "held-out acc after (%)", "gain (points)", "reward after (held-out, sampled)"]
-    head += ["reward gain", "rollout reward, last 10 steps", "clip frac (%)", "mean response (tokens)", "wall time (s)"]
+    curve = bool(table) and "curve_gain" in table[0]
+    head += ["reward gain"] + (["reward, mean over evals"] if curve else [])
+    head += ["rollout reward, last 10 steps", "clip frac (%)", "mean response (tokens)", "wall time (s)"]
     title = f"## Sweep over {sweep_key}: mean +- std over seeds {seeds}" if sweep_key else f"## Methods: mean +- std over seeds {seeds}"
     lines = [title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table:
         cells = [str(r["value"])] if sweep_key else []
         cells += [r["method"], pm(r["accuracy_before"], ".1f"), pm(r["accuracy_after"], ".1f"), pm(r["acc_gain"], ".1f")]
-        cells += [pm(r["reward_after"], ".3f"), pm(r["reward_gain"], ".3f"), pm(r["train_reward_last10"], ".3f")]
+        cells += [pm(r["reward_after"], ".3f"), pm(r["reward_gain"], ".3f")]
+        cells += [pm(r["reward_curve_mean"], ".3f")] if curve else []
+        cells += [pm(r["train_reward_last10"], ".3f")]
         cells += [pm(r["clip_frac"], ".1f"), pm(r["mean_response_len"], ".1f"), pm(r["wall_seconds"], ".0f")]
         lines.append("| " + " | ".join(cells) + " |")
-    head = lead + ["paired difference", "seeds", "acc gain (points): mean [95% CI]", "reward gain: mean [95% CI]", "same warm start"]
+    head = lead + ["paired difference", "seeds", "acc gain (points): mean [95% CI]", "reward gain: mean [95% CI]"]
+    head += (["reward over evals: mean [95% CI]"] if curve else []) + ["same warm start"]
     lines += ["", "## Paired by seed: mean difference and 95% interval (Student t over seeds)", ""]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for p in paired:
         cells = [str(p["value"])] if sweep_key else []
         cells += [p["comparison"], str(p["acc_gain"]["n"]), ci(p["acc_gain"], ".1f"), ci(p["reward_gain"], ".3f")]
+        cells += [ci(p["curve_gain"], ".3f")] if curve else []
         cells.append("yes" if p["paired_warm_start"] else "NO")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + f"\n\n{note}\n"
@@ -321,10 +341,10 @@ def main(argv=None):
                     if r.returncode:
                         raise SystemExit(f"compare.py: {name} failed (exit {r.returncode}); see {log.name}")
                     print(f"   done in {time.time() - t0:.0f}s", flush=True)
-                with open(os.path.join(run_dir, "summary.json")) as f:
-                    summaries[(method, seed, v)] = json.load(f)
                 with open(os.path.join(run_dir, "metrics.jsonl")) as f:
                     curves[(method, seed, v)] = [json.loads(line) for line in f]
+                with open(os.path.join(run_dir, "summary.json")) as f:  # + the curve's mean, computed here
+                    summaries[(method, seed, v)] = dict(json.load(f), reward_curve_mean=reward_curve_mean(curves[(method, seed, v)]))
 
     table, paired = analyse(summaries, methods, seeds, opts["reference"], values)
     args_note = " ".join([*files, *extra]) or "(defaults)"

@@ -372,5 +372,17 @@ def test_analyse_pairs_by_seed():
     assert ctpo_row["accuracy_after"][1] > 10 and ctpo_row["acc_gain"][0] == pytest.approx(14.0, rel=1e-12)
     md = compare.markdown(table, paired, seeds, "num_minibatches", "note")
     assert f"| 1 | ctpo - grpo | 3 | 3.0 [{3 - half:.1f}, {3 + half:.1f}] |" in md and "## Sweep over num_minibatches" in md
+    assert "reward over evals" not in md and "curve_gain" not in paired[0]  # the synthetic runs have no curves
+    # with the curves' means: a third paired gain (ctpo - grpo: 0.05 on every seed -> interval [0.05, 0.05])
+    for (m, _, _), r in runs.items():
+        r["reward_curve_mean"] = r["reward_before"] + 0.1 + (0.05 if m == "ctpo" else 0.0)
+    table, paired = compare.analyse(runs, ["grpo", "ctpo"], seeds, "ctpo", values=[1])
+    assert paired[0]["curve_gain"]["mean"] == pytest.approx(0.05, rel=1e-9) and paired[0]["curve_gain"]["sd"] == pytest.approx(0, abs=1e-12)
+    assert table[1]["curve_gain"][0] == pytest.approx(0.15, rel=1e-9)
+    md = compare.markdown(table, paired, seeds, None, "note")
+    assert "reward over evals: mean [95% CI]" in md and "| ctpo - grpo | 3 | 3.0 [" in md and "0.050 [0.050, 0.050]" in md
+    curve = [{"step": 0, "eval_reward": 0.3}, {"step": 5}, {"step": 50, "eval_reward": 0.5}, {"step": 100, "eval_reward": 0.7}]
+    assert compare.reward_curve_mean(curve) == pytest.approx(0.6, rel=1e-15)
+    assert compare.reward_curve_mean([{"step": 0, "eval_reward": 0.3}]) is None
     runs[("grpo", 2, 1)]["accuracy_before"] = 0.41  # a warm start that differs is flagged
     assert not compare.analyse(runs, ["grpo", "ctpo"], seeds, "ctpo", values=[1])[1][0]["paired_warm_start"]
