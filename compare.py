@@ -366,7 +366,8 @@ def main(argv=None):
     with open(os.path.join(out_dir, "compare.json"), "w") as f:
         json.dump(record, f, indent=2)
     print(md)
-    plot(os.path.join(out_dir, "compare.png"), methods, seeds, values, sweep, curves, table, paired)
+    task = next(iter(summaries.values()))["config"].get("task", "sort")
+    plot(os.path.join(out_dir, "compare.png"), methods, seeds, values, sweep, curves, table, paired, task)
     print(f"wrote {out_dir}/compare.md, compare.json, compare.png")
     return record
 
@@ -375,7 +376,14 @@ def main(argv=None):
 # the plot
 
 
-def plot(path, methods, seeds, values, sweep, curves, table, paired):
+PLOT_GAINS = (("acc_gain", "held-out acc gain (points)"), ("reward_gain", "held-out reward gain"),
+              ("curve_gain", "held-out reward over evals, gain"))  # fmt: skip
+
+
+def plot(path, methods, seeds, values, sweep, curves, table, paired, task="sort"):
+    """No sweep: left, the curves (held-out greedy exact match, held-out sampled reward, rollout reward; mean +- std
+    over seeds); right, each paired gain's mean and 95% interval. A sweep: per gain, its mean +- std against the
+    swept value (left) and the paired intervals (right)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -387,50 +395,57 @@ def plot(path, methods, seeds, values, sweep, curves, table, paired):
         else:
             ax.errorbar([x], [d["mean"]], yerr=[[d["mean"] - d["lo"]], [d["hi"] - d["mean"]]], fmt="o", capsize=3, **kw)
 
+    gains = [(g, label) for g, label in PLOT_GAINS if not paired or g in paired[0]]
+    rows = max(3, len(gains))
+    fig, axes = plt.subplots(rows, 2, figsize=(12, 2.9 * rows), squeeze=False)
     if sweep is None:
-        fig, (a1, a2, a3) = plt.subplots(3, 1, figsize=(6.5, 8.6))
+        curve_keys = (("acc", 100.0, "held-out exact match, greedy (%)"), ("eval_reward", 1.0, "held-out reward (sampled)"),
+                      ("reward", 1.0, "rollout reward (10-step mean)"))  # fmt: skip
         for k, method in enumerate(methods):
-            for ax, key, scale in ((a1, "acc", 100.0), (a2, "reward", 1.0)):
-                per_seed = [{r["step"]: scale * r[key] for r in curves[(method, s, None)] if key in r} for s in seeds]
+            for ax, (key, scale, _) in zip(axes[:, 0], curve_keys):
+                per_seed = [{r["step"]: scale * r[key] for r in curves[(method, s, None)] if r.get(key) is not None} for s in seeds]
                 steps = sorted(set.intersection(*(set(d) for d in per_seed)))
                 if key == "reward":  # smooth the noisy per-step rollout reward over 10 steps
                     per_seed = [{st: sum(d.get(x, d[st]) for x in range(st - 9, st + 1)) / 10 for st in steps} for d in per_seed]
                 ms = [mean_std([d[st] for d in per_seed]) for st in steps]
-                ax.plot(steps, [m for m, _ in ms], color=f"C{k}", label=method, lw=1.4)
+                ax.plot(steps, [m for m, _ in ms], "o-" if key == "eval_reward" else "-", ms=3, color=f"C{k}", label=method, lw=1.4)
                 ax.fill_between(steps, [m - s for m, s in ms], [m + s for m, s in ms], color=f"C{k}", alpha=0.15)
-        a1.set_ylabel("held-out exact match, greedy (%)")
-        a1.set_title(f"sort toy: mean +- std over seeds {seeds}", fontsize=10)
-        a1.legend(fontsize=8, loc="upper left")
-        a2.set_ylabel("rollout reward (10-step mean)")
-        a2.set_xlabel("RL step")
-        for i, p in enumerate(paired):
-            errbar(a3, i, p["acc_gain"], color=f"C{methods.index(p['method'])}")
-        a3.set_xticks(range(len(paired)), [p["comparison"] for p in paired], fontsize=8)
-        a3.set_ylabel("paired diff, acc gain (points)")
-        a3.set_title("reference - method, paired by seed: mean and 95% interval", fontsize=9)
-        a3.axhline(0, color="gray", lw=0.8)
-        for ax in (a1, a2, a3):
-            ax.grid(alpha=0.3)
+        for ax, (_, _, label) in zip(axes[:, 0], curve_keys):
+            ax.set_ylabel(label, fontsize=9)
+        axes[0, 0].set_title(f"{task} toy: mean +- std over seeds {seeds}", fontsize=10)
+        axes[0, 0].legend(fontsize=8, loc="best")
+        axes[len(curve_keys) - 1, 0].set_xlabel("RL step")
+        for ax, (g, label) in zip(axes[:, 1], gains):
+            for i, p in enumerate(paired):
+                errbar(ax, i, p[g], color=f"C{methods.index(p['method'])}")
+            ax.set_xticks(range(len(paired)), [p["comparison"] for p in paired], fontsize=8)
+            ax.set_ylabel(f"paired diff:\n{label}", fontsize=9)
+            ax.axhline(0, color="gray", lw=0.8)
+        axes[0, 1].set_title("reference - method, paired by seed: mean and 95% interval", fontsize=9)
     else:
         key = sweep[0]
-        fig, (a1, a2) = plt.subplots(2, 1, figsize=(6.5, 6.6), sharex=True)
         pos = {v: i for i, v in enumerate(values)}  # the values as evenly spaced categories (they may be 1, 4, 16 or strings)
-        for k, method in enumerate(methods):
-            rows = [r for r in table if r["method"] == method]
-            x = [pos[r["value"]] + 0.06 * (k - len(methods) / 2) for r in rows]
-            a1.errorbar(x, [r["acc_gain"][0] for r in rows], yerr=[r["acc_gain"][1] for r in rows], fmt="o-", capsize=3, color=f"C{k}",
-                        label=method)  # fmt: skip
-            for p in (p for p in paired if p["method"] == method):
-                errbar(a2, pos[p["value"]] + 0.06 * (k - len(methods) / 2), p["acc_gain"], color=f"C{k}")
-        a1.set_ylabel("held-out acc gain (points)\nmean +- std over seeds")
-        a1.set_title(f"sweep over {key}, seeds {seeds}", fontsize=10)
-        a1.legend(fontsize=8)
-        a2.set_ylabel("paired diff, acc gain (points)\nreference - method, 95% CI")
-        a2.axhline(0, color="gray", lw=0.8)
-        a2.set_xticks(range(len(values)), [str(v) for v in values])
-        a2.set_xlabel(key)
-        for ax in (a1, a2):
+        for (g, label), (a1, a2) in zip(gains, axes):
+            for k, method in enumerate(methods):
+                rs = [r for r in table if r["method"] == method]
+                x = [pos[r["value"]] + 0.06 * (k - len(methods) / 2) for r in rs]
+                a1.errorbar(x, [r[g][0] for r in rs], yerr=[r[g][1] for r in rs], fmt="o-", capsize=3, color=f"C{k}", label=method)
+                for p in (p for p in paired if p["method"] == method):
+                    errbar(a2, pos[p["value"]] + 0.06 * (k - len(methods) / 2), p[g], color=f"C{k}")
+            a1.set_ylabel(f"{label}\nmean +- std over seeds", fontsize=9)
+            a2.set_ylabel(f"paired diff: {label}\nreference - method, 95% CI", fontsize=9)
+            a2.axhline(0, color="gray", lw=0.8)
+            for ax in (a1, a2):
+                ax.set_xticks(range(len(values)), [str(v) for v in values])
+        axes[0, 0].set_title(f"{task} toy: sweep over {key}, seeds {seeds}", fontsize=10)
+        axes[0, 0].legend(fontsize=8)
+        axes[-1, 0].set_xlabel(key)
+        axes[-1, 1].set_xlabel(key)
+    for ax in axes.flat:
+        if ax.has_data():
             ax.grid(alpha=0.3)
+        else:
+            ax.set_visible(False)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

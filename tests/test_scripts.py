@@ -386,3 +386,19 @@ def test_analyse_pairs_by_seed():
     assert compare.reward_curve_mean([{"step": 0, "eval_reward": 0.3}]) is None
     runs[("grpo", 2, 1)]["accuracy_before"] = 0.41  # a warm start that differs is flagged
     assert not compare.analyse(runs, ["grpo", "ctpo"], seeds, "ctpo", values=[1])[1][0]["paired_warm_start"]
+
+
+def test_plots_of_a_comparison_and_a_sweep(tmp_path):
+    """compare.plot on synthetic runs: the curves + paired intervals, and the sweep's panels, write a PNG each."""
+    seeds = [1, 2]
+    runs = {(m, s, v): dict(summary(0.1, 0.2 + 0.01 * s, 0.5, 0.6 + 0.01 * (m == "ctpo")), reward_curve_mean=0.55)
+            for m in ("grpo", "ctpo") for s in seeds for v in (None, 4, 16)}  # fmt: skip
+    curve = [{"step": 0, "acc": 0.1, "eval_reward": 0.5}] + [{"step": i, "reward": 0.5 + 0.01 * i} for i in range(1, 21)]
+    curve += [{"step": 20, "acc": 0.2, "eval_reward": 0.6, "elapsed": 1.0}]
+    curves = {(m, s, None): curve for m in ("grpo", "ctpo") for s in seeds}
+    table, paired = compare.analyse({k: r for k, r in runs.items() if k[2] is None}, ["grpo", "ctpo"], seeds, "ctpo")
+    compare.plot(tmp_path / "c.png", ["grpo", "ctpo"], seeds, [None], None, curves, table, paired, task="pairs")
+    table, paired = compare.analyse({k: r for k, r in runs.items() if k[2]}, ["grpo", "ctpo"], seeds, "ctpo", values=[4, 16])
+    compare.plot(tmp_path / "s.png", ["grpo", "ctpo"], seeds, [4, 16], ("num_minibatches", ["4", "16"]), {}, table, paired)
+    for name in ("c.png", "s.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
