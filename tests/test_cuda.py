@@ -16,6 +16,7 @@ import math
 
 import pytest
 import torch
+from test_ext_policy_loss import make  # float64 inputs with holes, a full row, an empty row, a zero advantage
 
 import ctpo
 import ctpo_ext
@@ -34,25 +35,6 @@ def cuda_ext(ext):
     if not ext.with_cuda():
         pytest.fail("a GPU is visible but the extension was built without CUDA kernels (set TORCH_CUDA_ARCH_LIST / CUDA_HOME)")
     return ext
-
-
-def make(B, T, seed=0, scale=0.1, adv_shape="row", weights=False, holes=True):
-    """float64 inputs on the CPU: variable lengths, holes, a full row, an empty row, a zero advantage."""
-    g = torch.Generator().manual_seed(seed)
-    logp = -1.0 + scale * torch.randn(B, T, generator=g, dtype=torch.float64)
-    old = logp + scale * torch.randn(B, T, generator=g, dtype=torch.float64)
-    lens = torch.randint(0, T + 1, (B,), generator=g)
-    mask = torch.arange(T)[None, :] < lens[:, None]
-    if holes:
-        mask &= torch.rand(B, T, generator=g) > 0.15
-    if B > 1:
-        mask[0] = True
-        mask[-1] = False
-    adv = torch.randn(B, generator=g, dtype=torch.float64) if adv_shape == "row" else torch.randn(B, T, generator=g, dtype=torch.float64)
-    if B > 2:
-        adv[1] = 0.0
-    w = 2 * torch.rand(B, T, generator=g, dtype=torch.float64) if weights else None
-    return logp, old, adv, mask, w
 
 
 def op_inputs(B, T, dtype, seed, adv_shape, weights):
