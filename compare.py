@@ -395,7 +395,8 @@ def plot(path, methods, seeds, values, sweep, curves, table, paired, task="sort"
         else:
             ax.errorbar([x], [d["mean"]], yerr=[[d["mean"] - d["lo"]], [d["hi"] - d["mean"]]], fmt="o", capsize=3, **kw)
 
-    gains = [(g, label) for g, label in PLOT_GAINS if not paired or g in paired[0]]
+    present = paired[0] if paired else (table[0] if table else {})  # the gains analyse() computed (one method: no pairs)
+    gains = [(g, label) for g, label in PLOT_GAINS if g in present]
     rows = max(3, len(gains))
     fig, axes = plt.subplots(rows, 2, figsize=(12, 2.9 * rows), squeeze=False)
     if sweep is None:

@@ -22,6 +22,7 @@ kernels anyway.
 import importlib
 import importlib.util
 import math
+import numbers
 import os
 import shutil
 import sys
@@ -310,6 +311,25 @@ def _check(logp, old_logp, adv, mask, rollout_is_weights):
     return adv
 
 
+def _as_float(name, v):
+    """A real number (Python, numpy, or a one-element tensor) as a float; TypeError naming the argument otherwise."""
+    if isinstance(v, torch.Tensor) and v.numel() == 1 and not v.dtype.is_complex and v.dtype != torch.bool:
+        return float(v)
+    if isinstance(v, numbers.Real) and not isinstance(v, bool):
+        return float(v)
+    raise TypeError(f"{name}: expected a real number, got {type(v).__name__}")
+
+
+def _as_int(name, v):
+    """An integral number (an int, a numpy integer, or a float / one-element tensor with an integral value) as an int."""
+    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
+        return int(v)
+    f = _as_float(name, v)
+    if not f.is_integer():
+        raise TypeError(f"{name}: expected an integer, got {v!r}")
+    return int(f)
+
+
 def policy_loss_op(
     logp,
     old_logp,
@@ -332,7 +352,9 @@ def policy_loss_op(
     token's loss (never differentiated). ratio: token | sequence | gspo | cumulative | cumulative-geomean.
     Window on log w at response position t: [lower * t^power, upper * t^power], dual cap dual * t^power
     (PPO: power = 0, lower = log(1 - eps_low), upper = log1p(eps_high), dual = log(dual_c)).
-    sample_stride: the quantiles' subsample (flat positions 0, s, 2s, ...; 1 = every token).
+    sample_stride: the quantiles' subsample (flat positions 0, s, 2s, ...; 1 = every token). On CUDA a sample of
+    more than 4096 positions is sorted with ATen ops, which synchronise: ctpo.quantile_stride(B, T) keeps it at
+    about 4096 (what ctpo.policy_loss passes).
     Returns FusedLoss(loss (B, T), row_loss (B,) float64 (sum_t loss, accumulated in float64), log_w (B, T),
     clipped (B, T) bool, pass_bits, stats (12, B) float64 with rows STATS, totals (12,) float64 (the batch's:
     sums, min of the mins, max of the maxes), log_w_q (3,)); loss, log_w, log_w_q
@@ -346,18 +368,20 @@ def policy_loss_op(
     # (on one GPU image an extension built with its compiler wrapper crashed on any C++ exception; docs/kernel.md)
     if ratio not in RATIO_CODES:
         raise ValueError(f"ratio: expected one of {list(RATIO_CODES)}, got {ratio!r}")
-    scalars = dict(lower=lower, upper=upper, dual=dual, power=power, delta_max=delta_max, log_w_max=log_w_max)
-    for name, v in scalars.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise TypeError(f"{name}: expected a number, got {type(v).__name__}")
+    lower, upper, dual, power, delta_max, log_w_max = (
+        _as_float(name, v)
+        for name, v in (("lower", lower), ("upper", upper), ("dual", dual), ("power", power), ("delta_max", delta_max),
+                        ("log_w_max", log_w_max))
+    )  # fmt: skip
     if not math.isfinite(power):
         raise ValueError(f"power: expected a finite number, got {power}")
     if not delta_max > 0:
         raise ValueError(f"delta_max: expected > 0, got {delta_max}")
     if not log_w_max >= 0:
         raise ValueError(f"log_w_max: expected >= 0, got {log_w_max}")
-    if isinstance(sample_stride, bool) or not isinstance(sample_stride, int) or sample_stride < 1:
-        raise ValueError(f"sample_stride: expected an integer >= 1, got {sample_stride!r}")
+    sample_stride = _as_int("sample_stride", sample_stride)
+    if sample_stride < 1:
+        raise ValueError(f"sample_stride: expected an integer >= 1, got {sample_stride}")
     if logp.shape[1] >= 2**31 - 64:
         raise ValueError(f"logp: T = {logp.shape[1]} is too long (at most 2^31 - 65 tokens per row)")
     return FusedLoss(
@@ -368,13 +392,13 @@ def policy_loss_op(
             mask,
             rollout_is_weights,
             RATIO_CODES[ratio],
-            float(lower),
-            float(upper),
-            float(dual),
-            float(power),
-            float(delta_max),
-            float(log_w_max),
-            int(sample_stride),
+            lower,
+            upper,
+            dual,
+            power,
+            delta_max,
+            log_w_max,
+            sample_stride,
         )  # fmt: skip
     )
 
@@ -392,5 +416,6 @@ def ctpo_token_loss(
             f"clip_low, clip_high, clip_c: need clip_low >= 0, clip_high >= 0, clip_c > 0; got {(clip_low, clip_high, clip_c)}"
         )
     ratio = "cumulative-geomean" if geomean else "cumulative"
-    out = policy_loss_op(logp, old_logp, adv, mask, None, ratio, -clip_low, clip_high, clip_c, power, delta_max, log_w_max)
+    stride = max(1, -(-logp.numel() // 4096))  # the quantiles are discarded here: keep their sample small
+    out = policy_loss_op(logp, old_logp, adv, mask, None, ratio, -clip_low, clip_high, clip_c, power, delta_max, log_w_max, stride)
     return out.loss, out.log_w

@@ -261,12 +261,14 @@ def test_quantile_fallback_of_a_sparse_mask_on_cuda(cuda_ext):
         assert torch.unique(out_g[7]).numel() > 1  # the quantiles come from the fallback tokens, not zeros
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 @pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse-mask"])
-def test_quantile_sample_larger_than_one_block_sorts(cuda_ext, sparse):
+def test_quantile_sample_larger_than_one_block_sorts(cuda_ext, sparse, dtype):
     """An explicit sample_stride giving more than 4096 positions (stride 1: exact quantiles of a large batch): the
     GPU sorts it outside the kernel, with the CPU op's rule; with a mask the stride misses, the first 4096 tokens."""
     B, T = 5, 4001  # 20005 positions
     logp, old, adv, mask, w = make(B, T, seed=70, scale=0.3, weights=True)
+    logp, old, adv, w = logp.to(dtype), old.to(dtype), adv.to(dtype), w.to(dtype)
     stride = 2 if sparse else 1
     if sparse:  # mask tokens only at odd flat positions: the stride-2 sample (even positions) holds none
         flat = torch.zeros(B * T, dtype=torch.bool)
@@ -276,7 +278,7 @@ def test_quantile_sample_larger_than_one_block_sorts(cuda_ext, sparse):
         args = (ratio, -0.025, 0.05, 0.05, 0.5, 20.0, 10.0, stride)
         out_c = torch.ops.ctpo.policy_loss(logp, old, adv[:, None].expand(B, T), mask, w, *args)
         out_g = torch.ops.ctpo.policy_loss(logp.cuda(), old.cuda(), adv.cuda()[:, None].expand(B, T), mask.cuda(), w.cuda(), *args)
-        assert_ops_agree(out_c, out_g, mask, torch.float64)
+        assert_ops_agree(out_c, out_g, mask, dtype)
         lw = out_g[2].cpu()[mask].sort().values if not sparse else out_g[2].cpu()[mask][:4096].sort().values
         for k, q in enumerate(ctpo_ext.QUANTILES):
             assert out_g[7][k].item() == lw[max(1, math.ceil(q / 100 * lw.numel())) - 1].item()

@@ -400,5 +400,10 @@ def test_plots_of_a_comparison_and_a_sweep(tmp_path):
     compare.plot(tmp_path / "c.png", ["grpo", "ctpo"], seeds, [None], None, curves, table, paired, task="pairs")
     table, paired = compare.analyse({k: r for k, r in runs.items() if k[2]}, ["grpo", "ctpo"], seeds, "ctpo", values=[4, 16])
     compare.plot(tmp_path / "s.png", ["grpo", "ctpo"], seeds, [4, 16], ("num_minibatches", ["4", "16"]), {}, table, paired)
-    for name in ("c.png", "s.png"):
+    # one method (no pairs) whose runs logged no evaluation after step 0 (no curve gain): the sweep still plots
+    bare = {k: {x: y for x, y in r.items() if x != "reward_curve_mean"} for k, r in runs.items() if k[0] == "ctpo" and k[2]}
+    table, paired = compare.analyse(bare, ["ctpo"], seeds, "ctpo", values=[4, 16])
+    assert paired == [] and "curve_gain" not in table[0]
+    compare.plot(tmp_path / "one.png", ["ctpo"], seeds, [4, 16], ("num_minibatches", ["4", "16"]), {}, table, paired)
+    for name in ("c.png", "s.png", "one.png"):
         assert (tmp_path / name).stat().st_size > 10_000
