@@ -16,7 +16,7 @@ import math
 
 import pytest
 import torch
-from test_ext_policy_loss import make  # float64 inputs with holes, a full row, an empty row, a zero advantage
+from test_ext_policy_loss import make, sparse_mask_inputs  # the CPU tests' inputs, on the GPU too
 
 import ctpo
 import ctpo_ext
@@ -245,13 +245,7 @@ def test_bad_values_raise_naming_the_input_on_cuda(cuda_ext):
 def test_quantile_fallback_of_a_sparse_mask_on_cuda(cuda_ext):
     """No mask token at the strided sample positions: the GPU takes the first mask tokens in flat order, as the CPU."""
     B, T = 100, 1000
-    s = ctpo.quantile_stride(B, T)
-    mask = torch.zeros(B * T, dtype=torch.bool)
-    mask[torch.tensor([1, 2, 5 * s + 3, 40 * s + 1, 77 * s + 2])] = True  # never a multiple of s
-    mask = mask.view(B, T)
-    g = torch.Generator().manual_seed(33)
-    logp = -1.0 + 0.3 * torch.randn(B, T, generator=g)
-    old = logp + 0.3 * torch.randn(B, T, generator=g)
+    logp, old, mask, s, g = sparse_mask_inputs(B, T)
     adv = torch.randn(B, generator=g)
     for ratio in range(5):
         args = (None, ratio, -0.025, 0.05, 0.05, 0.5, 20.0, 10.0, s)

@@ -345,17 +345,21 @@ def test_cuda_arch_decision(monkeypatch):
     assert not ctpo_ext.want_cuda("/usr/local/cuda")[0]
 
 
-def test_quantiles_of_a_sparse_mask_the_stride_misses(ext):
-    """No mask token at the sampled positions: both backends fall back to the first 4096 mask tokens."""
-    B, T = 100, 1000
+def sparse_mask_inputs(B=100, T=1000):
+    """(logp, old_logp, mask, s, g): 5 mask tokens, none at a multiple of the quantile stride s, and the generator."""
     s = ctpo.quantile_stride(B, T)
     assert s > 1
     mask = torch.zeros(B * T, dtype=torch.bool)
     mask[torch.tensor([1, 2, 5 * s + 3, 40 * s + 1, 77 * s + 2])] = True  # never a multiple of s
-    mask = mask.view(B, T)
     g = torch.Generator().manual_seed(33)
     logp = -1.0 + 0.3 * torch.randn(B, T, generator=g)
-    old = logp + 0.3 * torch.randn(B, T, generator=g)
+    return logp, logp + 0.3 * torch.randn(B, T, generator=g), mask.view(B, T), s, g
+
+
+def test_quantiles_of_a_sparse_mask_the_stride_misses(ext):
+    """No mask token at the sampled positions: both backends fall back to the first 4096 mask tokens."""
+    B, T = 100, 1000
+    logp, old, mask, s, g = sparse_mask_inputs(B, T)
     for method in ("grpo", "ctpo"):
         _, m_p = ctpo.policy_loss(logp, old, torch.randn(B, generator=g), mask, method=method)
         _, m_e = ctpo.policy_loss(logp, old, torch.randn(B, generator=g), mask, method=method, backend="ext")
