@@ -330,6 +330,26 @@ def _as_int(name, v):
     return int(f)
 
 
+def _checked_knobs(logp, lower, upper, dual, power, delta_max, log_w_max, sample_stride):
+    """The op's scalar arguments, converted (floats, then the int stride), with the C++ op's checks."""
+    names = ("lower", "upper", "dual", "power", "delta_max", "log_w_max")
+    lower, upper, dual, power, delta_max, log_w_max = (
+        _as_float(n, v) for n, v in zip(names, (lower, upper, dual, power, delta_max, log_w_max))
+    )
+    if not math.isfinite(power):
+        raise ValueError(f"power: expected a finite number, got {power}")
+    if not delta_max > 0:
+        raise ValueError(f"delta_max: expected > 0, got {delta_max}")
+    if not log_w_max >= 0:
+        raise ValueError(f"log_w_max: expected >= 0, got {log_w_max}")
+    sample_stride = _as_int("sample_stride", sample_stride)
+    if sample_stride < 1:
+        raise ValueError(f"sample_stride: expected an integer >= 1, got {sample_stride}")
+    if logp.shape[1] >= 2**31 - 64:
+        raise ValueError(f"logp: T = {logp.shape[1]} is too long (at most 2^31 - 65 tokens per row)")
+    return [lower, upper, dual, power, delta_max, log_w_max, sample_stride]
+
+
 def policy_loss_op(
     logp,
     old_logp,
@@ -364,26 +384,13 @@ def policy_loss_op(
     if _module is None:
         load()
     adv = _check(logp, old_logp, adv, mask, rollout_is_weights)
-    # every check the C++ op makes, made here first: a C++ exception is then never the first line of defence
-    # (on one GPU image an extension built with its compiler wrapper crashed on any C++ exception; docs/kernel.md)
     if ratio not in RATIO_CODES:
         raise ValueError(f"ratio: expected one of {list(RATIO_CODES)}, got {ratio!r}")
-    lower, upper, dual, power, delta_max, log_w_max = (
-        _as_float(name, v)
-        for name, v in (("lower", lower), ("upper", upper), ("dual", dual), ("power", power), ("delta_max", delta_max),
-                        ("log_w_max", log_w_max))
-    )  # fmt: skip
-    if not math.isfinite(power):
-        raise ValueError(f"power: expected a finite number, got {power}")
-    if not delta_max > 0:
-        raise ValueError(f"delta_max: expected > 0, got {delta_max}")
-    if not log_w_max >= 0:
-        raise ValueError(f"log_w_max: expected >= 0, got {log_w_max}")
-    sample_stride = _as_int("sample_stride", sample_stride)
-    if sample_stride < 1:
-        raise ValueError(f"sample_stride: expected an integer >= 1, got {sample_stride}")
-    if logp.shape[1] >= 2**31 - 64:
-        raise ValueError(f"logp: T = {logp.shape[1]} is too long (at most 2^31 - 65 tokens per row)")
+    if torch.compiler.is_compiling():  # traced: the knobs may be symbolic floats; float() / int() specialise them
+        knobs = [float(v) for v in (lower, upper, dual, power, delta_max, log_w_max)] + [int(sample_stride)]
+    else:  # every check the C++ op makes, made here first, so that a C++ exception is never the first line of
+        # defence (on one GPU image an extension built with its compiler wrapper crashed on any; docs/kernel.md)
+        knobs = _checked_knobs(logp, lower, upper, dual, power, delta_max, log_w_max, sample_stride)
     return FusedLoss(
         *torch.ops.ctpo.policy_loss(
             logp,
@@ -392,13 +399,7 @@ def policy_loss_op(
             mask,
             rollout_is_weights,
             RATIO_CODES[ratio],
-            lower,
-            upper,
-            dual,
-            power,
-            delta_max,
-            log_w_max,
-            sample_stride,
+            *knobs,
         )  # fmt: skip
     )
 

@@ -16,6 +16,7 @@ import math
 
 import pytest
 import torch
+from test_ext import assert_compiled_equals_eager
 from test_ext_policy_loss import make, sparse_mask_inputs  # the CPU tests' inputs, on the GPU too
 
 import ctpo
@@ -346,16 +347,7 @@ def test_torch_compile_fullgraph_on_cuda(cuda_ext, method):
         out = ctpo_ext.policy_loss_op(lp, old, adv2, mask, None, *args, cfg["delta_max"], cfg["log_w_max"])
         return out.row_loss.sum() / n, out.log_w
 
-    with torch._inductor.config.patch(force_disable_caches=True):
-        lp_c = logp.clone().requires_grad_()
-        val_c, lw_c = torch.compile(f, fullgraph=True)(lp_c)
-        val_c.backward()
-    lp_e = logp.clone().requires_grad_()
-    val_e, lw_e = f(lp_e)
-    val_e.backward()
-    torch.testing.assert_close(val_c, val_e)
-    assert torch.equal(lw_c, lw_e)
-    torch.testing.assert_close(lp_c.grad, lp_e.grad)
+    assert_compiled_equals_eager(f, logp)
 
 
 def test_non_contiguous_and_non_default_stream(cuda_ext):

@@ -300,6 +300,28 @@ def test_torch_compile_fullgraph(ext):
         loss, log_w = ctpo_ext.ctpo_token_loss(lp, old, adv2, mask, *knobs(cfg))
         return loss.sum() / n, log_w
 
+    assert_compiled_equals_eager(f, logp)
+
+
+def test_torch_compile_policy_loss_op_as_its_knobs_change(ext):
+    """policy_loss_op compiled again with other knob values (dynamo then traces them as symbolic floats): still one
+    graph, equal to eager, for each method's window."""
+    logp, old, adv, mask = make(4, 300, seed=12)
+    adv2 = adv[:, None].expand_as(logp)
+    n = mask.sum().clamp(min=1)
+    for method in ("ctpo", "grpo", "gspo", "ctpo-geomean"):
+        cfg = ctpo.method_config(method)
+        args = (*ctpo._ext_op_args(cfg), cfg["delta_max"], cfg["log_w_max"])
+
+        def f(lp, args=args):
+            out = ctpo_ext.policy_loss_op(lp, old, adv2, mask, None, *args)
+            return out.row_loss.sum() / n, out.log_w
+
+        assert_compiled_equals_eager(f, logp)
+
+
+def assert_compiled_equals_eager(f, logp):
+    """f(lp) -> (scalar loss, log_w): torch.compile(fullgraph=True) of f gives eager's loss, log w and gradient."""
     lp_c = logp.clone().requires_grad_()
     # no compile caches: their keys do not cover a C++ op's fake kernel, so a rebuilt extension could meet stale code
     with torch._inductor.config.patch(force_disable_caches=True):
