@@ -34,19 +34,23 @@ import subprocess
 import sys
 import time
 
+import configurator
 import ctpo
 import train_tiny
+from configurator import ConfigError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 USAGE = "usage: python compare.py [config/NAME.py] [--key=value ...]   (compare.py's keys, and any train_tiny.py key)"
-# compare.py's own keys: default and what it does
-KEYS = {
-    "methods": ("grpo,gspo,ctpo,ctpo-fixed", f"comma-separated methods to run, from {', '.join(sorted(ctpo.METHODS))}"),
-    "seeds": ("1,2,3", "comma-separated integer seeds; runs of one seed share the warm start and are paired"),
-    "reference": ("", "the paired differences are reference - method for every other method ('': ctpo if run, else the first)"),
-    "out_dir": ("out-compare", "the runs, compare.md, compare.json, compare.png"),
-    "rerun": ("False", "True: redo every run, even those whose summary.json has the same configuration"),
-}
+
+# -----------------------------------------------------------------------------
+# compare.py's own keys (configurator.py, as train_tiny.py's); every other --key=value goes to train_tiny.py
+methods = "grpo,gspo,ctpo,ctpo-fixed"  # comma-separated methods to run (grpo, gspo, sequence, ctpo, ctpo-fixed, ctpo-geomean)
+seeds = "1,2,3"  # comma-separated integer seeds; runs of one seed share the warm start and are paired
+reference = ""  # the paired differences are reference - method for every other method ('': ctpo if run, else the first)
+out_dir = "out-compare"  # the runs, compare.md, compare.json, compare.png
+rerun = False  # True: redo every run, even those whose summary.json has the same configuration
+# -----------------------------------------------------------------------------
+KEYS = {k: globals()[k] for k in ("methods", "seeds", "reference", "out_dir", "rerun")}
 PER_RUN = ("method", "seed", "overwrite", "resume")  # train_tiny.py keys that compare.py sets itself
 # the paired metrics: (name, summary keys after/before, scale, label)
 GAINS = (
@@ -64,8 +68,8 @@ def reward_curve_mean(curve):
     return sum(evals) / len(evals) if evals else None
 
 
-class CompareError(ValueError):
-    """A usage error: main() prints it as one line, 'compare.py: error: ...', and exits with status 2."""
+class CompareError(ConfigError):
+    """A usage error of compare.py's own: printed as one line, 'compare.py: error: ...', exit status 2."""
 
 
 # -----------------------------------------------------------------------------
@@ -73,9 +77,7 @@ class CompareError(ValueError):
 
 
 def help_text():
-    lines = [USAGE, "", __doc__.strip(), "", "compare.py's keys (--key=default  # what it does):"]
-    for key, (default, comment) in KEYS.items():
-        lines.append(f"    {f'--{key}={default}':<36}  # {comment}")
+    lines = [USAGE, "", __doc__.strip(), "", "compare.py's keys (--key=default  # what it does):", *configurator.help_lines(__file__, KEYS)]
     lines += ["", "Every other --key=value is a train_tiny.py key, forwarded to each run (python train_tiny.py --help lists them);"]
     lines += [f"{', '.join('--' + k for k in PER_RUN)} are set per run by compare.py."]
     return "\n".join(lines)
@@ -84,18 +86,12 @@ def help_text():
 def parse(argv):
     """Returns (opts, config_files, extra, sweep): compare.py's options, train_tiny.py config files and
     --key=value arguments to forward, and the sweep (key, [value strings]) or None."""
-    opts = {k: d for k, (d, _) in KEYS.items()}
-    files, extra, sweep = [], [], None
+    opts, extra, sweep = dict(KEYS), [], None
+    files, pairs = configurator.split_argv(argv)
     tt_keys = ", ".join(k for k in train_tiny.CONFIG_KEYS if k not in PER_RUN and k not in KEYS)
-    for arg in argv:
-        if not arg.startswith("-") and arg.endswith(".py"):
-            files.append(arg)
-            continue
-        if not arg.startswith("--") or "=" not in arg:
-            raise CompareError(f"expected --key=value or a config file (config/NAME.py), got {arg!r}; see --help")
-        key, val = arg[2:].split("=", 1)
+    for key, val in pairs:
         if key in KEYS:
-            opts[key] = val
+            opts[key] = configurator.from_text(key, val, KEYS[key])
         elif key in ("method", "seed"):
             raise CompareError(f"--{key} is set per run by compare.py; use --{key}s=a,b,... to choose the {key}s")
         elif key in PER_RUN:
@@ -110,7 +106,7 @@ def parse(argv):
                     raise CompareError(f"--{key}: expected distinct comma-separated values, got {val!r}")
                 sweep = (key, values)
             else:
-                extra.append(arg)
+                extra.append(f"--{key}={val}")
         else:
             raise CompareError(f"unknown key {key!r}; compare.py's keys: {', '.join(KEYS)}; train_tiny.py's keys: {tt_keys}")
     methods = [m for m in opts["methods"].split(",") if m]
@@ -126,11 +122,9 @@ def parse(argv):
     reference = opts["reference"] or ("ctpo" if "ctpo" in methods else methods[0])
     if reference not in methods:
         raise CompareError(f"--reference: expected one of the methods run ({', '.join(methods)}), got {reference!r}")
-    if opts["rerun"] not in ("True", "False"):
-        raise CompareError(f"--rerun: expected True or False, got {opts['rerun']!r}")
     if opts["out_dir"] == "":
         raise CompareError("--out_dir: must not be empty")
-    opts.update(methods=methods, seeds=seeds, reference=reference, rerun=opts["rerun"] == "True")
+    opts.update(methods=methods, seeds=seeds, reference=reference)
     return opts, files, extra, sweep
 
 
@@ -316,7 +310,7 @@ def main(argv=None):
             for s in seeds
             for v in values
         }
-    except train_tiny.ConfigError as e:
+    except ConfigError as e:
         raise CompareError(str(e)) from None
     if sweep:  # the sweep values as their parsed type, for the tables and the plot
         values = [configs[(methods[0], seeds[0], v)][sweep[0]] for v in values]
@@ -455,6 +449,6 @@ def plot(path, methods, seeds, values, sweep, curves, table, paired, task="sort"
 if __name__ == "__main__":
     try:
         main()
-    except CompareError as e:
+    except ConfigError as e:
         print(f"compare.py: error: {e}", file=sys.stderr)
         sys.exit(2)

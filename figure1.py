@@ -44,6 +44,35 @@ class Parser(argparse.ArgumentParser):
 
 
 # -----------------------------------------------------------------------------
+# logging (train_tiny.py calls this on every mini-batch)
+
+POS_KEYS = ("n", "sum", "sumsq", "clip_adaptive", "clip_fixed", "clip_method", "dsum", "dsumsq")
+
+
+def position_sums(logp, old_logp, mask, adv, clipped_by_method, fixed_window, width):
+    """The paper's Figure 1, logged: (8, width) float64 sums per response position t (index t - 1) of POS_KEYS: token
+    count; sum, sum of squares of log rho_t (any method, value only); tokens clipped by the CTPO sqrt(t) window, the
+    fixed window, the method's own loss (the paper's way: A > 0 and above, or A < 0 and below); sums of delta_t."""
+    import torch  # here, not at the top: plotting needs no torch
+
+    import ctpo
+
+    delta = (logp.float() - old_logp.float()).clamp(-20, 20)
+    log_rho = ctpo.cumulative_ratio(delta, mask).clamp(max=10.0)  # (B, T)
+    t = ctpo.response_position(mask)
+    A = adv[:, None].expand_as(log_rho).to(log_rho.dtype)
+    lo, hi, dual = ctpo.adaptive_clip_bounds(t)  # the CTPO defaults: [-0.025 sqrt(t), 0.05 sqrt(t)]
+    high_a, low_a, _ = ctpo.clip_flags(log_rho, A, lo, hi, dual)
+    high_f, low_f, _ = ctpo.clip_flags(log_rho, A, math.log(fixed_window[0]), math.log(fixed_window[1]), math.inf)
+    values = (torch.ones_like(log_rho), log_rho, log_rho**2, high_a | low_a, high_f | low_f, clipped_by_method, delta, delta**2)
+    idx = (t - 1).clamp(min=0)[mask]
+    out = torch.zeros(len(POS_KEYS), width, dtype=torch.float64, device=logp.device)
+    for k, v in enumerate(values):
+        out[k].index_add_(0, idx, v[mask].double())
+    return out
+
+
+# -----------------------------------------------------------------------------
 # reading a run
 
 
@@ -187,6 +216,28 @@ def plot(results, path, fixed_window):
     a2.grid(alpha=0.3)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_run(rows, path, title):
+    """The training curves of one run (its metrics.jsonl rows): train_tiny.py writes them as out_dir/train.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rl, ev = [r for r in rows if "reward" in r], [r for r in rows if "acc" in r]
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(6, 5.5), sharex=True)
+    a1.plot([r["step"] for r in rl], [r["reward"] for r in rl], lw=1, alpha=0.6, label="rollout (train prompts)")
+    a1.plot([r["step"] for r in ev], [r["eval_reward"] for r in ev], "o-", ms=3, label="held-out, sampled")
+    a2.plot([r["step"] for r in ev], [100 * r["acc"] for r in ev], "o-", ms=3, color="C2")
+    a1.set(ylabel="mean reward", title=title)
+    a2.set(ylabel="held-out exact match, greedy (%)", xlabel="RL step (0 = after the warm start)")
+    a1.legend(loc="lower right", fontsize=8)
+    for ax in (a1, a2):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
 

@@ -1,16 +1,16 @@
-# The long-response toy (issue 11; docs/toy.md chapter 2): the pairs task, 68 pairs "r F(r)" then the end
+# The long-response toy (docs/toy.md, chapter 2): the pairs task, 68 pairs "r F(r)" then the end
 # token, so every response the warm start teaches is 137 tokens. r is a free digit (the reward ignores it:
 # ln 10 nats of uncertainty at every other position), F a fixed table; the warm start's teacher writes a
 # random value instead of F(r) 30% of the time, so the policy starts out unsure of every value, evenly
-# along the answer, and RL learns by sharpening them. log rho_t is then a sum of ~independent per-token
-# steps: std(log rho_t) = sigma sqrt(t) (Figure 1).
+# along the answer, and RL learns by sharpening them. log rho_t is then a sum of small, nearly independent
+# per-token steps: its spread grows along the answer like a random walk's (Figure 1; what holds on every seed:
+# docs/toy.md).
 #
 #     python train_tiny.py config/long.py                              # -> out-long/
 #     python train_tiny.py config/long.py --method=grpo --out_dir=out-long-grpo
 #
-# Chosen in experiments/NOTES.md (runs g1, g2, L1): sort at ~130 digits collapsed under every RL update
-# tried, walk had no random walk, and the per-prompt lookup tables (pairs, ipairs, fpairs) were never
-# learned by the warm start. Measured numbers, with their commands: docs/toy.md chapter 2.
+# Why this task: sort at ~130 digits collapsed under every RL update tried, a permutation walk had no random
+# walk, and per-prompt lookup tables were never learned by the warm start (docs/toy.md, "What was tried first").
 
 out_dir = "out-long"
 task = "pairs"

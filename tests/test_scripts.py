@@ -13,6 +13,7 @@ import pytest
 
 import bias_variance
 import compare
+import configurator
 import figure1
 import train_tiny
 
@@ -71,8 +72,8 @@ def test_train_tiny_help_shows_a_config_files_defaults(tmp_path):
 
 def test_compare_help_lists_its_keys():
     r = script("compare.py", "--help")
-    for key, (default, _) in compare.KEYS.items():
-        assert f"--{key}={default}" in r.stdout, key
+    for key, default in compare.KEYS.items():
+        assert f"--{key}={default!r}" in r.stdout, key
     assert "train_tiny.py --help" in r.stdout
 
 
@@ -83,6 +84,11 @@ def test_compare_help_lists_its_keys():
         (["train_tiny.py", "--nope=1"], "train_tiny.py: error: unknown config key 'nope'"),
         (["train_tiny.py", "lr=1"], "train_tiny.py: error: expected --key=value or a config file"),
         (["train_tiny.py", "missing.py"], "train_tiny.py: error: missing.py: cannot read the config file"),
+        (["train_tiny.py", "--lr"], "train_tiny.py: error: --lr: expected a value (--lr=VALUE or --lr VALUE)"),
+        (["train_tiny.py", "--lr", "--method=grpo"], "train_tiny.py: error: --lr: expected a value"),
+        (["train_tiny.py", "--lr", "fast"], "train_tiny.py: error: --lr: expected float"),
+        (["compare.py", "--seeds", "one"], "compare.py: error: --seeds: expected comma-separated integers"),
+        (["compare.py", "--rerun=yes"], "compare.py: error: --rerun: expected bool"),
         (["compare.py", "--method=grpo"], "compare.py: error: --method is set per run by compare.py; use --methods="),
         (["compare.py", "--seeds=one"], "compare.py: error: --seeds: expected comma-separated integers"),
         (["compare.py", "--nope=1"], "compare.py: error: unknown key 'nope'; compare.py's keys: methods, seeds"),
@@ -135,7 +141,7 @@ def test_compare_unknown_key_lists_train_tinys_keys_too():
 
 
 def test_default_outputs_are_ignored_out_dirs():
-    paths = {"train_tiny.py": train_tiny.DEFAULTS["out_dir"], "compare.py": compare.KEYS["out_dir"][0]}
+    paths = {"train_tiny.py": train_tiny.DEFAULTS["out_dir"], "compare.py": compare.KEYS["out_dir"]}
     paths.update({"figure1.py": "out-figure1/figure1.png", "bias_variance.py": "out-lab/bias_variance.png"})
     assert paths["train_tiny.py"] == "out-tiny" and paths["compare.py"] == "out-compare"
     for name in ("figure1.py", "bias_variance.py"):
@@ -195,6 +201,44 @@ def test_config_file_errors(tmp_path, text, message):
     assert str(e.value).startswith(message.format(path=path)), str(e.value)
 
 
+def test_configurator_key_value_forms(tmp_path):
+    """configurator.parse: the defaults, then config files in order, then --key=value and --key value in order."""
+    defaults = {"lr": 1e-4, "steps": 10, "name": "a", "window": (0.5, 5.0), "flag": False, "kw": {}}
+    cfg = write(tmp_path / "c.py", "lr = 3e-5\nsteps = 7\nname = 'from-file'\n")
+    got = configurator.parse([cfg, "--steps", "9", "--name=b", "--window", "[1, 2]", "--flag", "True", "--kw={'x': 1}"], defaults)
+    assert got == {"lr": 3e-5, "steps": 9, "name": "b", "window": (1, 2), "flag": True, "kw": {"x": 1}}
+    assert configurator.parse(["--lr", "-1e-3", "--lr=2"], defaults)["lr"] == 2.0  # a negative number is a value; the last wins
+    assert configurator.parse(["--name", "1,2"], defaults)["name"] == "1,2"  # a string key takes the text as it is
+    assert configurator.parse([], defaults) == defaults and configurator.parse([], defaults) is not defaults
+    for argv, message in (
+        (["--steps"], "--steps: expected a value (--steps=VALUE or --steps VALUE)"),
+        (["--steps", "--lr=1"], "--steps: expected a value"),
+        (["--nope", "1"], "unknown config key 'nope'; valid keys: lr, steps, name, window, flag, kw"),
+        (["--steps", "2.5"], "--steps: expected int (like the default 10), got float 2.5"),
+        (["--flag=1"], "--flag: expected bool"),
+        (["-x"], "expected --key=value or a config file"),
+        ([str(tmp_path / "none.py")], f"{tmp_path / 'none.py'}: cannot read the config file"),
+    ):
+        with pytest.raises(configurator.ConfigError) as e:
+            configurator.parse(argv, defaults)
+        assert str(e.value).startswith(message) and "\n" not in str(e.value), (argv, str(e.value))
+
+
+def test_configurator_help_reads_the_comments(tmp_path):
+    src = write(tmp_path / "s.py", "import os\n# I/O\nout = 'x'  # where outputs go\nn = 3  # how many, a comment\n#   continued here\n"
+                                   "# model\nwidth = 2\n# ---\ndef f():\n    out = 1  # not a key\n")  # fmt: skip
+    lines = configurator.help_lines(src, {"out": "y", "n": 3, "width": 2})
+    want = ["# I/O", "--out='y' # where outputs go", "--n=3 # how many, a comment continued here", "# model", "--width=2"]
+    assert [" ".join(x.split()) for x in lines] == want
+
+
+def test_train_tiny_key_value_forms_match():
+    a = train_tiny.parse_config(["--method", "grpo", "--lr", "3e-4", "--fixed_window", "(0.4, 3)"])
+    b = train_tiny.parse_config(["--method=grpo", "--lr=3e-4", "--fixed_window=(0.4, 3)"])
+    assert a == b and a.method == "grpo" and a.lr == 3e-4 and a.fixed_window == (0.4, 3)
+    assert compare.parse(["--methods", "grpo,ctpo", "--lr", "3e-4"])[2] == ["--lr=3e-4"]  # forwarded as --key=value
+
+
 def test_config_long_parses_and_is_long():
     C = train_tiny.parse_config([os.path.join(ROOT, "config", "long.py")])
     assert C.out_dir == "out-long" and C.task == "pairs"
@@ -219,7 +263,7 @@ def exact_sums(counts, std_of_bin, bin):
     bin's sum of squares is s^2 (N_b - 1) / N_b * (sum_t n_t t) / t_b = s^2 (N_b - 1): variance s^2 with ddof = 1.
     Within a bin the variance grows with t, as a random walk's does."""
     W = len(counts)
-    tot = {k: [0.0] * W for k in train_tiny.POS_KEYS}
+    tot = {k: [0.0] * W for k in figure1.POS_KEYS}
     for lo in range(0, W, bin):
         idx = range(lo, min(W, lo + bin))
         N = sum(counts[i] for i in idx)
@@ -246,7 +290,7 @@ def test_fit_by_hand():
     # bins at t = 1, 4, 9 (sqrt 1, 2, 3) with std 1, 2, 4 and counts 4, 16, 64 (weights 2, 4, 8 ~ 1, 2, 4):
     # sigma = (1*1*1 + 2*2*2 + 4*4*3) / (1*1 + 2*4 + 4*9) = 57 / 45 = 19/15; residuals -4/15, -8/15, 3/15;
     # SS_res = (16 + 2*64 + 4*9) / 225 = 0.8; weighted mean of std = (1 + 4 + 16) / 7 = 3; SS_tot = 4 + 2 + 4 = 10
-    tot = {k: [0.0] * 9 for k in train_tiny.POS_KEYS}
+    tot = {k: [0.0] * 9 for k in figure1.POS_KEYS}
     for t, s, n in ((1, 1.0, 4.0), (4, 2.0, 16.0), (9, 4.0, 64.0)):
         tot["n"][t - 1], tot["sumsq"][t - 1] = n, (n - 1) * s * s  # mean 0, std s with ddof = 1
     st = figure1.figure_stats(tot, bin=1, min_frac=0)  # the empty positions are skipped
@@ -263,7 +307,7 @@ def test_binning_matches_a_direct_computation_on_tokens():
         for t in range(1, 31)
         for _ in range(rng.randint(5, 40))
     ]
-    tot = {k: [0.0] * 30 for k in train_tiny.POS_KEYS}
+    tot = {k: [0.0] * 30 for k in figure1.POS_KEYS}
     for t, x, fixed, adaptive in tokens:
         for k, v in (
             ("n", 1),

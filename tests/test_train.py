@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import ctpo
+import tasks
 import train_tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -43,49 +44,50 @@ def state(out_dir):
 
 
 def test_task_targets_and_reward():
-    C = train_tiny.parse_config([])
-    prompts, targets = train_tiny.make_batch(64, torch.Generator().manual_seed(0), C)
-    assert prompts.shape == targets.shape == (64, C.max_digits + 1)
+    task = tasks.Sort(16, 20)
+    prompts, targets = task.batch(64, torch.Generator().manual_seed(0))
+    assert prompts.shape == targets.shape == (64, 20 + 1)
     for p, t in zip(prompts.tolist(), targets.tolist()):
         digits = [x for x in p if x < 10]
-        assert C.min_digits <= len(digits) <= C.max_digits and p[-1] == train_tiny.EQ
-        assert t[: len(digits)] == sorted(digits) and t[len(digits)] == train_tiny.EOS
+        assert 16 <= len(digits) <= 20 and p[-1] == tasks.EQ
+        assert t[: len(digits)] == sorted(digits) and t[len(digits)] == tasks.EOS
     # the target itself scores 1; a response with one wrong digit is not exact but gets partial credit
-    mask = torch.arange(targets.size(1))[None, :] <= (targets != train_tiny.PAD).sum(1, keepdim=True)
-    reward, exact, length = train_tiny.score(targets, mask, targets, 0.5)
-    assert exact.all() and torch.allclose(reward, torch.ones(64)) and (length >= C.min_digits + 1).all()
+    mask = torch.arange(targets.size(1))[None, :] <= (targets != tasks.PAD).sum(1, keepdim=True)
+    reward, exact, length = task.score(targets, mask, targets, 0.5)
+    assert exact.all() and torch.allclose(reward, torch.ones(64)) and (length >= 16 + 1).all()
     wrong = targets.clone()
     wrong[:, 0] = (wrong[:, 0] + 1) % 10
-    reward, exact, _ = train_tiny.score(wrong, mask, targets, 0.5)
+    reward, exact, _ = task.score(wrong, mask, targets, 0.5)
     assert not exact.any() and ((reward > 0.4) & (reward < 0.5)).all()
     # stopping early (the end token too soon) is wrong, and so is a missing end token
     short = mask.clone()
     short[:, 1:] = False
-    assert not train_tiny.score(targets, short, targets, 0.5)[1].any()
+    assert not task.score(targets, short, targets, 0.5)[1].any()
 
 
 def test_pairs_task_targets_and_reward():
-    C = train_tiny.parse_config(["--task=pairs", "--n_pairs=5"])
-    assert sorted(train_tiny.PAIRS_TABLE.tolist()) == list(range(10))  # F is a permutation of the digits
-    assert train_tiny.vocab_size(C) == 23 and train_tiny.vocab_size(train_tiny.parse_config([])) == 13  # sort's model unchanged
-    prompts, targets = train_tiny.make_batch(64, torch.Generator().manual_seed(0), C)
-    assert prompts.shape == (64, 1) and (prompts == train_tiny.EQ).all() and targets.shape == (64, 11)
+    task = tasks.make(vars(train_tiny.parse_config(["--task=pairs", "--n_pairs=5"])))
+    assert isinstance(task, tasks.Pairs) and task.n_pairs == 5
+    assert sorted(tasks.PAIRS_TABLE.tolist()) == list(range(10))  # F is a permutation of the digits
+    assert task.vocab_size == 23 and tasks.make(train_tiny.DEFAULTS).vocab_size == 13  # sort's model unchanged
+    prompts, targets = task.batch(64, torch.Generator().manual_seed(0))
+    assert prompts.shape == (64, 1) and (prompts == tasks.EQ).all() and targets.shape == (64, 11)
     for t in targets.tolist():
-        assert all(r < 10 and v == 13 + train_tiny.PAIRS_TABLE[r] for r, v in zip(t[0:10:2], t[1:10:2])) and t[10] == train_tiny.EOS
+        assert all(r < 10 and v == 13 + tasks.PAIRS_TABLE[r] for r, v in zip(t[0:10:2], t[1:10:2])) and t[10] == tasks.EOS
     assert len(set(targets[:, 0].tolist())) > 5  # the free digits vary
     mask = torch.ones_like(targets, dtype=torch.bool)
-    reward, exact, length = train_tiny.task_score(targets, mask, targets, C)
+    reward, exact, length = task.score(targets, mask, targets, 0.5)
     assert exact.all() and torch.equal(reward, torch.ones(64)) and (length == 11).all()
 
     # by hand: F(3) = 4 + 13 = 'e', F(7) = 1 + 13 = 'b', F(0) = 9 + 13 = 'j'
     def resp(text):
-        return torch.tensor([[train_tiny.VOCAB.index(ch) for ch in text]])
+        return torch.tensor([[tasks.VOCAB.index(ch) for ch in text]])
 
     def sc(text, n=None):
         r = resp(text)
         m = torch.zeros_like(r, dtype=torch.bool)
         m[:, : n or r.size(1)] = True
-        reward, exact, length = train_tiny.task_score(r, m, targets[:1], C)
+        reward, exact, length = task.score(r, m, targets[:1], 0.5)
         return round(reward.item(), 6), exact.item(), length.item()
 
     assert sc("3e7b0j3e7b$") == (1.0, True, 11)  # any free digits: every pair right, then the end token
@@ -96,19 +98,44 @@ def test_pairs_task_targets_and_reward():
     assert sc("3e7b0j3e7b$", n=11)[1] and not sc("3e7b0j3e7b$$", n=12)[1]  # nothing may follow the end token
 
 
+@pytest.mark.parametrize("name", sorted(tasks.TASKS))
+def test_task_interface(name):
+    """Every task keeps the contract the training loop relies on (tasks.py's docstring): shapes, lengths that fit
+    the model's block, a target that scores 1 and is exact, a wrong one that is not, value tokens a teacher may
+    replace, and a one-line description of a mistake."""
+    cfg = {**train_tiny.DEFAULTS, "task": name, "n_pairs": 6}
+    task = tasks.make(cfg)
+    prompts, targets = task.batch(32, torch.Generator().manual_seed(1))
+    assert prompts.dtype == targets.dtype == torch.long and prompts.shape == (32, task.prompt_len) and targets.size(0) == 32
+    assert 0 <= int(prompts.min()) and int(prompts.max()) < task.vocab_size and int(targets.max()) < task.vocab_size
+    length = (targets != tasks.PAD).sum(1) + 1  # the answer, end token included
+    assert int(length.max()) <= task.max_new - 3 and (targets.gather(1, (length - 1)[:, None]) == tasks.EOS).all()
+    mask = torch.arange(targets.size(1))[None, :] < length[:, None]
+    reward, exact, n = task.score(targets, mask, targets, 0.5)
+    assert exact.all() and torch.equal(reward, torch.ones(32)) and torch.equal(n, length)
+    lo, hi = task.values
+    wrong = torch.where((targets >= lo) & (targets < hi), lo + (targets - lo + 1) % (hi - lo), targets)  # every value off by one
+    reward, exact, _ = task.score(wrong, mask, targets, 0.5)
+    assert not exact.any() and (reward < 0.5).all()
+    assert isinstance(task.name, str) and isinstance(task.holds_out, bool)
+    line = task.show(prompts[0], wrong[0][mask[0]], targets[0])
+    assert isinstance(line, str) and "\n" not in line and "got" in line
+
+
 def test_teacher_noise_changes_only_values():
-    for task, lo in (("pairs", 13), ("sort", 0)):
-        C = train_tiny.parse_config([f"--task={task}", "--teacher_noise=0.5"])
-        _, targets = train_tiny.make_batch(256, torch.Generator().manual_seed(0), C)
+    for name, lo in (("pairs", 13), ("sort", 0)):
+        task = tasks.make({**train_tiny.DEFAULTS, "task": name})
+        assert task.values == (lo, lo + 10)
+        _, targets = task.batch(256, torch.Generator().manual_seed(0))
         gen = torch.Generator().manual_seed(1)
-        noisy = train_tiny.teacher(targets, C, gen)
+        noisy = tasks.teacher(task, targets, 0.5, gen)
         kind = (targets >= lo) & (targets < lo + 10)  # pairs: the values a..j; sort: the digits
         assert torch.equal(noisy[~kind], targets[~kind])  # free digits, the end token and padding never change
         assert ((noisy[kind] >= lo) & (noisy[kind] < lo + 10)).all()
         changed = (noisy != targets)[kind].float().mean().item()  # 0.5 * 9/10 expected; > 10k tokens: std < 0.005
         assert abs(changed - 0.45) < 0.03, changed
         state = gen.get_state()
-        assert train_tiny.teacher(targets, train_tiny.parse_config([f"--task={task}"]), gen) is targets  # noise 0: no draw
+        assert tasks.teacher(task, targets, 0.0, gen) is targets  # noise 0: no draw
         assert torch.equal(gen.get_state(), state)
 
 
@@ -121,14 +148,16 @@ def test_pairs_smoke(tmp_path):
 
 
 def test_heldout_split_is_fixed_and_excluded():
+    task = tasks.Sort(16, 20)
     C = train_tiny.parse_config(["--seed=7"])
-    a, _ = train_tiny.make_batch(32, torch.Generator().manual_seed(C.eval_seed), C)
-    b, _ = train_tiny.make_batch(32, torch.Generator().manual_seed(train_tiny.parse_config([]).eval_seed), C)
+    a, _ = task.batch(32, torch.Generator().manual_seed(C.eval_seed))
+    b, _ = task.batch(32, torch.Generator().manual_seed(train_tiny.DEFAULTS["eval_seed"]))
     assert torch.equal(a, b)  # the split does not depend on the run's seed
     # a generator that reproduces the held-out prompts is forced onto fresh ones
-    problems = train_tiny.Problems(torch.Generator().manual_seed(C.eval_seed), C, {tuple(r) for r in a.tolist()})
+    problems = tasks.Problems(task, torch.Generator().manual_seed(C.eval_seed), a)
     p, _ = problems(32)
     assert not any(tuple(r) in {tuple(x) for x in a.tolist()} for r in p.tolist())
+    assert tasks.Problems(tasks.Pairs(3), torch.Generator(), a).heldout == set()  # pairs: one prompt, nothing held out
 
 
 # -----------------------------------------------------------------------------
