@@ -1,5 +1,6 @@
 """
-The paper's Figure 1 on the toy, from the per-position sums that train_tiny.py logs in metrics.jsonl.
+The paper's Figure 1 on the toy, from the per-position sums that train_tiny.py logs in metrics.jsonl
+(position_sums below, called on every mini-batch; plot_run draws a run's train.png).
 
 Top: the std of the cumulative log-ratio log rho_t against the response position t, per bin of
 positions, with the fit std = sigma * sqrt(t) (weighted least squares, weights sqrt(count), no
@@ -24,6 +25,9 @@ Definitions (bin b holds positions t_lo..t_hi; N_b tokens):
     sigma   = argmin sum_b w_b (std_b - sigma sqrt(t_b))^2 = sum w std sqrt(t) / sum w t,  w_b = sqrt(N_b)
     R^2     = 1 - sum w (std - sigma sqrt(t))^2 / sum w (std - mean_w(std))^2   (weighted, centred;
               None with fewer than 2 bins)
+    var fit = the same bins, var_b = std_b^2 = a + s^2 t_b (weighted least squares, with an intercept): a random
+              walk whose first steps may be larger (a > 0) than the rest; printed beside the paper's fit, not
+              instead of it. The per-bin std of delta_t says directly whether the steps are of equal size.
 """
 
 import argparse
@@ -162,21 +166,41 @@ def fit_sqrt(t, std, n):
     return sigma, r2
 
 
+def fit_var(t, std, n):
+    """Weighted least squares var = a + s^2 t (a random walk whose first steps may differ from the rest: a is their
+    excess variance), weights sqrt(n), on var_b = std_b^2. Returns (a, s, R^2 of var, weighted and centred); s is
+    None when the slope is negative, R^2 None with fewer than 3 points."""
+    if len(t) < 3:
+        return None, None, None
+    w, v = [math.sqrt(c) for c in n], [x * x for x in std]
+    W = sum(w)
+    mt, mv = sum(wi * ti for wi, ti in zip(w, t)) / W, sum(wi * vi for wi, vi in zip(w, v)) / W
+    stt = sum(wi * (ti - mt) ** 2 for wi, ti in zip(w, t))
+    slope = sum(wi * (ti - mt) * (vi - mv) for wi, ti, vi in zip(w, t, v)) / stt
+    a = mv - slope * mt
+    ss_res = sum(wi * (vi - a - slope * ti) ** 2 for wi, ti, vi in zip(w, t, v))
+    ss_tot = sum(wi * (vi - mv) ** 2 for wi, vi in zip(w, v))
+    return a, (math.sqrt(slope) if slope >= 0 else None), (1.0 - ss_res / ss_tot if ss_tot > 0 else None)
+
+
 def figure_stats(tot, bin=0, min_frac=0.01):
-    """The binned statistics and the fit: {"bin", "sigma", "r2", "bins": [...]}; bin 0 chooses auto_bin."""
+    """The binned statistics and the fits: {"bin", "sigma", "r2", "var_fit", "bins": [...]}; bin 0 chooses auto_bin.
+    sigma and r2 are the paper's fit (fit_sqrt); var_fit = {"a", "s", "r2"} the fit with an intercept (fit_var)."""
     bin = bin or auto_bin(tot, min_frac)
     bins = bin_positions(tot, bin, min_frac)
     if not bins:
         raise UsageError("no bin holds 2 or more tokens; lower --min_frac or select more steps")
-    sigma, r2 = fit_sqrt([b["t"] for b in bins], [b["std"] for b in bins], [b["n"] for b in bins])
-    return {"bin": bin, "sigma": sigma, "r2": r2, "bins": bins}
+    t, std, n = [b["t"] for b in bins], [b["std"] for b in bins], [b["n"] for b in bins]
+    sigma, r2 = fit_sqrt(t, std, n)
+    a, s, r2v = fit_var(t, std, n)
+    return {"bin": bin, "sigma": sigma, "r2": r2, "var_fit": {"a": a, "s": s, "r2": r2v}, "bins": bins}
 
 
 def to_json(run, method, steps, st):
     keys = ("t_lo", "t_hi", "t", "n", "std", "delta_std")
     clip = {name: [b[f"clip_{name}"] for b in st["bins"]] for name in ("fixed", "adaptive", "method")}
     return {"run": run, "method": method, "steps": list(steps), "bin": st["bin"], "sigma": st["sigma"], "r2": st["r2"],
-            "bins": [{k: b[k] for k in keys} for b in st["bins"]], "clip_rate": clip}  # fmt: skip
+            "var_fit": st["var_fit"], "bins": [{k: b[k] for k in keys} for b in st["bins"]], "clip_rate": clip}  # fmt: skip
 
 
 # -----------------------------------------------------------------------------
@@ -245,6 +269,10 @@ def plot_run(rows, path, title):
 def print_table(run, method, steps, st):
     r2 = "n/a" if st["r2"] is None else f"{st['r2']:.4f}"
     print(f"{run} ({method}): steps {steps[0]}-{steps[1]}, bin {st['bin']}, sigma = {st['sigma']:.4f}, R^2 = {r2}")
+    vf = st["var_fit"]
+    if vf["r2"] is not None:  # the same bins, var(log rho_t) = a + s^2 t: a random walk whose first steps differ
+        s = "n/a (negative slope)" if vf["s"] is None else f"{vf['s']:.4f}"
+        print(f"  with an intercept, var = a + s^2 t: a = {vf['a']:.3g}, s = {s}, R^2 (of var) = {vf['r2']:.4f}")
     for b in st["bins"]:
         dstd = f" delta std={b['delta_std']:.4f}" if b["delta_std"] is not None else ""
         clip = f"clip fixed={100 * b['clip_fixed']:5.2f}% adaptive={100 * b['clip_adaptive']:5.2f}% method={100 * b['clip_method']:5.2f}%"

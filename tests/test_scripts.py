@@ -299,6 +299,17 @@ def test_fit_by_hand():
     assert figure1.fit_sqrt([4.0], [1.0], [10.0])[1] is None  # one bin: no R^2
 
 
+def test_var_fit_by_hand():
+    # var = a + s^2 t exactly (a random walk with larger first steps): recovered, R^2 = 1; the paper's fit then misses
+    t = [8.5, 24.5, 40.5, 56.5, 72.5]
+    std = [math.sqrt(1e-4 + 4e-5 * x) for x in t]
+    a, s, r2 = figure1.fit_var(t, std, [100.0, 90.0, 80.0, 70.0, 60.0])
+    assert a == pytest.approx(1e-4, rel=1e-9) and s == pytest.approx(math.sqrt(4e-5), rel=1e-9) and r2 == pytest.approx(1.0, abs=1e-12)
+    assert figure1.fit_sqrt(t, std, [100.0] * 5)[1] < 0.999
+    assert figure1.fit_var(t[:2], std[:2], [1.0, 1.0]) == (None, None, None)  # two points: no R^2 for a 2-parameter fit
+    assert figure1.fit_var([1.0, 2.0, 3.0], [0.3, 0.2, 0.1], [1.0] * 3)[1] is None  # shrinking spread: no s
+
+
 def test_binning_matches_a_direct_computation_on_tokens():
     # tokens with a position-dependent mean and spread: pooled sums against the std (ddof = 1) of the raw values
     rng = random.Random(0)
