@@ -92,8 +92,7 @@ CONFIG_KEYS = [
     k for k, v in globals().items() if k.islower() and not k.startswith("_") and isinstance(v, (bool, int, float, str, tuple, dict))
 ]
 DEFAULTS = {k: globals()[k] for k in CONFIG_KEYS}
-RESUME_MAY_CHANGE = {"out_dir", "overwrite", "resume", "eval_interval", "ckpt_interval", "n_mistakes", "rl_steps", "backend", "device",
-                     "threads"}  # fmt: skip
+RESUME_MAY_CHANGE = set("out_dir overwrite resume eval_interval ckpt_interval n_mistakes rl_steps backend device threads".split())
 OUTPUTS = ("metrics.jsonl", "summary.json", "train.png", "ckpt.pt", "ckpt.pt.tmp")  # all this script ever writes in out_dir
 USAGE = "usage: python train_tiny.py [config/NAME.py] [--key=value ...]"
 
@@ -184,7 +183,11 @@ def main(argv=None):
 
 
 def train(C, rank, world, device, ddp, t_start, config_files):
-    backend_used = check_backend(C, device)
+    try:  # the loss backend actually used: fail now (ext missing, or a method it does not cover), not after the warm start
+        z, on = torch.zeros(1, 2, device=device), torch.ones(1, 2, dtype=torch.bool, device=device)
+        backend_used = ctpo.policy_loss(z, z, z[:, 0], on, method=C.method, backend=C.backend, **C.loss_kwargs)[1]["backend"]
+    except RuntimeError as e:
+        raise ConfigError(f"--backend={C.backend}: {e}") from None
     ckpt_path, metrics_path = prepare_out_dir(C, rank, ddp)
     task = tasks.make(vars(C))
     torch.manual_seed(C.seed)  # the same init on every rank (DDP also broadcasts rank 0's)
@@ -202,8 +205,8 @@ def train(C, rank, world, device, ddp, t_start, config_files):
     optimizer = (torch.optim.Adam if C.optimizer == "adam" else torch.optim.SGD)(raw_model.parameters(), lr=C.lr)
 
     def evaluate(show):  # held-out greedy exact match and sampled reward (tasks.evaluate), each rank on its shard
-        sums = tasks.evaluate(raw_model, task, eval_prompts[rank::world].to(device), eval_targets[rank::world].to(device), C.temperature,
-                              C.partial_credit, n_sampled=max(1, 128 // world), seed=1 + rank, show=show if rank == 0 else 0)  # fmt: skip
+        p, t = eval_prompts[rank::world].to(device), eval_targets[rank::world].to(device)
+        sums = tasks.evaluate(raw_model, task, p, t, C.temperature, C.partial_credit, max(1, 128 // world), 1 + rank, show * (rank == 0))
         sums = all_sum(sums)
         return (sums[0] / sums[1]).item(), (sums[2] / sums[3]).item()
 
@@ -318,15 +321,6 @@ def all_sum(x):  # a no-op in a single process
 def log0(rank, *args):
     if rank == 0:
         print(*args, flush=True)
-
-
-def check_backend(C, device):
-    """The loss backend actually used: fail now (ext missing, or a method it does not cover), not after the warm start."""
-    try:
-        z, on = torch.zeros(1, 2, device=device), torch.ones(1, 2, dtype=torch.bool, device=device)
-        return ctpo.policy_loss(z, z, z[:, 0], on, method=C.method, backend=C.backend, **C.loss_kwargs)[1]["backend"]
-    except RuntimeError as e:
-        raise ConfigError(f"--backend={C.backend}: {e}") from None
 
 
 def prepare_out_dir(C, rank, ddp):
