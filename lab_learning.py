@@ -159,6 +159,15 @@ def row_map(policy, V, H):
     raise ValueError(f"policy: unknown {policy!r}; expected one of {POLICIES}")
 
 
+def state_to_param_grad(grad, rmap, P):
+    """The chain rule through shared rows: grad (K, S, V) per state -> (K, P, V), the sum over the states of each row.
+
+    A weighted bincount, one sequential pass: the result does not depend on the thread count."""
+    K, S, V = grad.shape
+    idx = (torch.arange(K).view(K, 1, 1) * P + rmap.view(1, S, 1)) * V + torch.arange(V)  # (K, S, V) flat (run, row, token)
+    return torch.bincount(idx.reshape(-1), weights=grad.reshape(-1), minlength=K * P * V).view(K, P, V)
+
+
 def init_runs(credit, V, H, seeds, init_std, P):
     """Per seed: the task, theta_0 (P, V) and the sampling generator, in that order from torch.Generator(seed)."""
     targets, thetas, gens = [], [], []
@@ -183,10 +192,9 @@ def train(credit, estimator, lag, N, steps, lr, seeds, V=3, H=8, policy="tabular
     rmap = row_map(policy, V, H)
     P = int(rmap.max()) + 1
     targets, theta, gens = init_runs(credit, V, H, seeds, init_std, P)
-    K, S = len(seeds), rmap.numel()
+    K = len(seeds)
     x_all = all_sequences(V, H)
     R_all = torch.stack([reward(credit, x_all, t) for t in targets])  # (K, V^H)
-    to_params = ((torch.arange(K).view(K, 1, 1) * P + rmap.view(1, S, 1)) * V + torch.arange(V)).reshape(-1)  # (K*S*V,)
     history = []  # log-prob tables of theta_{k-lag} .. theta_k, with log P(x) of every response
     J, var_log_rho, batch_reward = [], [], []
     for k in range(steps + 1):
@@ -211,9 +219,7 @@ def train(credit, estimator, lag, N, steps, lr, seeds, V=3, H=8, policy="tabular
         if not torch.isfinite(w).all():
             raise FloatingPointError(f"{estimator}: a ratio overflowed at step {k} (lag={lag}, lr={lr}): the shift is too large")
         grad = policy_gradient_estimate(logp, x, w * A.unsqueeze(2) / N)  # (K, S, V) per state
-        if policy != "tabular":  # chain rule through the shared rows: sum the states of each row (sequential, as above)
-            grad = torch.bincount(to_params, weights=grad.reshape(-1), minlength=K * P * V).view(K, P, V)
-        theta = theta + lr * grad
+        theta = theta + lr * (grad if policy == "tabular" else state_to_param_grad(grad, rmap, P))
     return {"J": torch.stack(J, dim=1), "var_log_rho": torch.stack(var_log_rho, dim=1), "batch_reward": torch.stack(batch_reward, dim=1)}
 
 
@@ -331,6 +337,8 @@ def format_row(row, estimators):
 
 
 def plot(path, rows, curves, args, estimators):
+    """One row per credit structure: the learning curves of each policy at one lag, then one map panel (the paired
+    difference to the token ratio against the shift, over every lag; cumulative on the first row, then sequence)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -339,49 +347,42 @@ def plot(path, rows, curves, args, estimators):
     lags = [lag for lag in args.lag if lag > 0]
     plot_lag = 8 if 8 in lags else lags[-1]
     N, lr = args.N[0], args.lr[0]
-    combos = [(c, p) for c in args.credit for p in args.policy]
     others = [e for e in estimators if e != "token"] if "token" in estimators else []
-    ncols = max(len(combos), 2)
-    fig, axes = plt.subplots(2, ncols, figsize=(4.2 * ncols, 8.2), squeeze=False)
+    nrows, ncols = len(args.credit), len(args.policy) + (1 if others else 0)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.9 * nrows), squeeze=False)
     colors = {"token": "C0", "cumulative": "C1", "sequence": "C2", "gspo": "C3"}
-    for i, (credit, policy) in enumerate(combos):
-        ax = axes[0][i]
-        c = curves[(credit, policy, N, lr, plot_lag)]
-        steps = range(len(c["lag 0"]))
-        ax.plot(steps, c["lag 0"].tolist(), color="k", ls="--", lw=1, label="lag 0 (on-policy, all estimators)")
-        for e in estimators:
-            ax.plot(steps, c[e].tolist(), color=colors[e], lw=1.3, label=f"{e}, lag {plot_lag}")
-        ax.set(title=f"{credit} credit, {policy} policy", xlabel="SGD step k", ylabel="exact J(theta_k) - J(theta_0), mean over seeds")
-        ax.legend(fontsize=7, loc="lower right")
-    for j in range(len(combos), ncols):
-        axes[0][j].remove()
+    for i, credit in enumerate(args.credit):
+        for j, policy in enumerate(args.policy):
+            ax = axes[i][j]
+            c = curves[(credit, policy, N, lr, plot_lag)]
+            steps = range(len(c["lag 0"]))
+            ax.plot(steps, c["lag 0"].tolist(), color="k", ls="--", lw=1, label="lag 0 (on-policy: all equal)")
+            for e in estimators:
+                ax.plot(steps, c[e].tolist(), color=colors[e], lw=1.2, label=f"{e}, lag {plot_lag}")
+            ax.set(title=f"{credit} credit, {policy} policy", xlabel="SGD step k", ylabel="J(theta_k) - J(theta_0) (exact, seed mean)")
+            ax.legend(fontsize=7, loc="lower right")
     markers = {"tabular": "o", "markov": "s"}
-    lines = {"entangled": "-", "local": ":"}
-    for j, e in enumerate(others[:2] if others else []):
-        ax = axes[1][j]
-        for credit, policy in combos:
-            sel = [r for r in rows if r["credit"] == credit and r["policy"] == policy and r["N"] == N and r["lr"] == lr]
-            xs = [r["var_log_rho_H"]["token"] for r in sel]
-            ms = [r["vs_reference"][e]["mean"] for r in sel]
-            err = [[m - r["vs_reference"][e]["lo"] for m, r in zip(ms, sel)], [r["vs_reference"][e]["hi"] - m for m, r in zip(ms, sel)]]
-            ax.errorbar(
-                xs, ms, yerr=err, marker=markers.get(policy, "o"), ls=lines.get(credit, "-"), capsize=3, label=f"{credit}, {policy}"
-            )
-            for x, r in zip(xs, sel):
-                ax.annotate(f"lag {r['lag']}", (x, r["vs_reference"][e]["mean"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    for i in range(nrows):
+        if i >= len(others):
+            if others:
+                axes[i][-1].remove()
+            continue
+        e, ax = others[i], axes[i][-1]
+        for k, credit in enumerate(args.credit):
+            for policy in args.policy:
+                sel = [r for r in rows if (r["credit"], r["policy"], r["N"], r["lr"]) == (credit, policy, N, lr)]
+                xs = [r["var_log_rho_H"]["token"] for r in sel]
+                ps = [r["vs_reference"][e] for r in sel]
+                err = [[p["mean"] - p["lo"] for p in ps], [p["hi"] - p["mean"] for p in ps]]
+                ax.errorbar(xs, [p["mean"] for p in ps], yerr=err, marker=markers.get(policy, "o"), color=f"C{4 + k}",
+                            ls="-" if policy == "tabular" else ":", capsize=3, label=f"{credit}, {policy}")  # fmt: skip
+                for x, r, p in zip(xs, sel, ps):
+                    ax.annotate(f"lag {r['lag']}", (x, p["mean"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.axhline(0, color="gray", lw=0.8)
-        ax.set(
-            xscale="log",
-            xlabel="shift Var_mu(log rho_H), exact, mean over steps and seeds (token run)",
-            ylabel=f"{e} - token: gain in mean J over training",
-            title=f"{e} - token, paired 95% interval over {len(args_seeds(args))} seeds",
-        )
-        ax.legend(fontsize=7)
-    for j in range(min(len(others), 2), ncols):
-        axes[1][j].remove()
-    fig.suptitle(
-        f"Learning with a lagged sampling policy: tabular/markov policy, V={args.V}, H={args.H}, N={N}, lr={lr:g}, raw ratios", fontsize=11
-    )
+        ax.set(xscale="log", xlabel="shift Var(log rho_H) under mu (exact, token runs)", ylabel="gain difference (mean J over training)")
+        ax.set_title(f"{e} - token, paired 95% interval ({args.seeds} seeds)", fontsize=10)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"Learning from a sampler `lag` updates old: V={args.V}, H={args.H}, N={N}, lr={lr:g}, raw ratios", fontsize=11)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=80)
