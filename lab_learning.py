@@ -319,7 +319,8 @@ def fmt(p):
 def table_header(estimators):
     ref = "token" if "token" in estimators else estimators[0]
     others = [e for e in estimators if e != ref]
-    cols = ["credit", "policy", "N", "lr", "lag", "Var(log rho_H)", "gain, lag 0", f"gain, {ref}", f"lag cost: lag 0 - {ref}"]
+    shift = f"Var(log rho_H): {ref} / cumulative run" if "cumulative" in estimators and ref != "cumulative" else "Var(log rho_H)"
+    cols = ["credit", "policy", "N", "lr", "lag", shift, "gain, lag 0", f"gain, {ref}", f"lag cost: lag 0 - {ref}"]
     cols += [f"{e} - {ref}" for e in others]
     return "| " + " | ".join(cols) + " |\n|" + "---|" * 5 + "---:|" * (len(cols) - 5)
 
@@ -327,7 +328,10 @@ def table_header(estimators):
 def format_row(row, estimators):
     ref = row["reference"]
     cells = [row["credit"], row["policy"], str(row["N"]), f"{row['lr']:g}", str(row["lag"])]
-    cells += [f"{row['var_log_rho_H'][ref]:.4f}", f"{row['gain_lag0']:.4f}", f"{row['gain'][ref]:.4f}", fmt(row["lag_cost"])]
+    shift = f"{row['var_log_rho_H'][ref]:.4f}"
+    if "cumulative" in row["var_log_rho_H"] and ref != "cumulative":
+        shift += f" / {row['var_log_rho_H']['cumulative']:.4f}"
+    cells += [shift, f"{row['gain_lag0']:.4f}", f"{row['gain'][ref]:.4f}", fmt(row["lag_cost"])]
     cells += [fmt(row["vs_reference"][e]) for e in estimators if e != ref]
     return "| " + " | ".join(cells) + " |"
 
