@@ -26,13 +26,17 @@ Two credit structures (R in [0, 1]; the target is drawn from the seed):
                Token t earns its credit only if every token before it was right: learning at a state pays
                only if the policy reaches that exact state.
 
+Two parameterizations of the same policy over the prefix tree: tabular (one row per prefix) and markov (one row
+per (position, previous token), shared by all prefixes that end the same way: a rule applied whatever came before).
+
 Pairing: seed s fixes the task, the initial policy and the stream of uniforms that drives sampling (inverse
 CDF, N * H uniforms per step whatever the policy), so every estimator, lag and batch size sees the same
 random numbers. At lag 0 every ratio is exactly 1 (delta = 0 in float64) and the estimators' runs are
 bit-identical.
 
 Run:  python lab_learning.py                     the map: table on stdout, curves in out-lab/lab_learning.png
-      python lab_learning.py --credit=local --lag=8 --N=16,256,4096 --out=''   batch sizes, local credit
+      python lab_learning.py --credit=entangled --lr=3 --lag=8,32,64 --out=''   larger shifts
+      python lab_learning.py --lag=8 --N=256,4096 --out=''                        batch sizes
       python lab_learning.py --json              the same numbers as JSON (no plot)
 """
 
@@ -111,7 +115,7 @@ def exact_objective(logp_table, x_all, R_all):
 def sample(logp_table, u, H):
     """Responses drawn token by token by inverse CDF: u (K, N, H) uniforms in [0, 1) -> x (K, N, H) long.
 
-    a_t = the number of cumulative probabilities below u_t (the last one, 1 up to rounding, is never compared):
+    a_t = the number of cumulative probabilities <= u_t (the last one, 1 up to rounding, is never compared):
     the same u gives the same tokens under the same policy, and nearby tokens under a nearby one.
     """
     K, N = u.shape[0], u.shape[1]
@@ -449,7 +453,12 @@ def main(argv=None):
     )
     p.add_argument("--N", type=int_list("N", 2), default=[16], help="responses per batch, >= 2 (default: 16)")
     p.add_argument("--lr", type=float_list, default=[1.0], help="SGD learning rate(s) (default: 1.0)")
-    p.add_argument("--estimators", type=choice_list(ESTIMATORS), default=list(ESTIMATORS), help="(default: token,cumulative,sequence,gspo)")
+    p.add_argument(
+        "--estimators",
+        type=choice_list(ESTIMATORS),
+        default=list(ESTIMATORS),
+        help="ratios to run; differences are to token when it runs (default: token,cumulative,sequence,gspo)",
+    )
     p.add_argument("--steps", type=int, default=200, help="SGD steps per run, >= 1 (default: 200)")
     p.add_argument("--seeds", type=int, default=8, help="seeds 0 .. SEEDS-1, each one task, theta_0 and sampling stream, >= 2 (default: 8)")
     p.add_argument("--V", type=int, default=3, help="vocabulary, >= 2 (default: 3)")
