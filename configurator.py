@@ -7,7 +7,8 @@ then --key=value (or --key value) arguments win over both.
 
 Values are Python literals of the default's type (--lr=3e-4, --adv_scale=False, --fixed_window="(0.5, 5.0)");
 an int passes for a float and a list for a tuple; a string key takes the text as it is (--method=grpo).
-Anything else (an unknown key, a wrong type, an unreadable file) is a ConfigError: one line naming the key.
+Anything else (an unknown key, a wrong type, a key without a value, an unreadable file) is an error: one line
+naming the key, and exit status 2.
 """
 
 import ast

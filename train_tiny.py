@@ -18,12 +18,14 @@ Outputs in out_dir: metrics.jsonl (a row per RL step, with the per-position sums
 train.png, ckpt.pt (atomic; --resume=True continues it exactly). Other files in out_dir are never touched.
 """
 
+import gc
 import json
 import math
 import os
 import random
 import sys
 import time
+import traceback
 from types import SimpleNamespace
 
 import torch
@@ -106,7 +108,8 @@ def parse_config(argv, check=True):
 
 
 def help_text(cfg):
-    lines = [USAGE, "", __doc__.strip().split("\n\n")[0], "", configurator.__doc__.strip().split("\n\n")[-1], ""]
+    how = configurator.__doc__.strip().split("\n\n")
+    lines = [USAGE, "", __doc__.strip().split("\n\n")[0], "", how[0], "", how[-1], ""]
     return "\n".join(lines + ["config keys (--key=default  # what it does):", *configurator.help_lines(__file__, cfg)])
 
 
@@ -147,8 +150,7 @@ def check_config(c, world_size=1):
 
 
 # -----------------------------------------------------------------------------
-# the run, top to bottom: setup (threads, device, DDP); held-out split, model; warm start (or resume); then every
-# RL step: rollout, advantages, update, log, evaluation, checkpoint; finally the summary
+# the run: setup; held-out split, model; warm start (or resume); every RL step: rollout, advantages, update, log, eval, checkpoint
 
 
 def main(argv=None):
@@ -166,6 +168,7 @@ def main(argv=None):
     if device_type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device=cuda: no CUDA device is available (use --device=auto or --device=cpu)")
     if ddp:
+        __import__("torch.distributed.nn")  # now, not later through DDP: imported once the group exists, it holds the group
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if device_type == "cuda" else "cpu")
@@ -178,7 +181,12 @@ def main(argv=None):
             dist.barrier()  # leave together: a rank that tears gloo down while rank 0 still writes can abort
         return result
     finally:
-        if ddp:
+        if ddp:  # free the group (gloo's threads joined) now, not at exit, where a gloo thread still dropping a tensor takes
+            # the GIL mid-finalisation and aborts the rank; nothing may hold the group: train()'s frame is gone (on an error
+            # the traceback keeps it: clear it), gc.collect() frees what only a reference cycle holds
+            if sys.exc_info()[2] is not None:
+                traceback.clear_frames(sys.exc_info()[2])
+            gc.collect()
             dist.destroy_process_group()
 
 
@@ -211,9 +219,8 @@ def train(C, rank, world, device, ddp, t_start, config_files):
         return (sums[0] / sums[1]).item(), (sums[2] / sums[3]).item()
 
     save = lambda step, elapsed: checkpoint(ckpt_path, metrics_path, raw_model, optimizer, gens, C, step, history, elapsed, rank, world)
-    n_params = sum(p.numel() for p in raw_model.parameters())
-    log0(rank, f"ctpo toy | {task.name} | {n_params / 1e3:.0f}k params | {device} x {world} | {torch.get_num_threads()} threads | "
-               f"method {C.method}")  # fmt: skip
+    log0(rank, f"ctpo toy | {task.name} | {sum(p.numel() for p in raw_model.parameters()) / 1e3:.0f}k params | {device} x {world} | "
+               f"{torch.get_num_threads()} threads | method {C.method}")  # fmt: skip
 
     # ---- phase 1: the supervised warm start (sft_steps of AdamW on the answer's token-mean cross-entropy), or resume
     if C.resume:
@@ -382,8 +389,7 @@ def checkpoint(path, metrics_path, model, optimizer, gens, C, step, history, ela
 
 
 def load_checkpoint(path, metrics_path, model, optimizer, gens, C, rank, world, ddp):
-    """Model, optimizer, this rank's RNG state and the history from ckpt.pt; metrics.jsonl cut back to the
-    checkpoint's length. Returns (first RL step, history, t_origin)."""
+    """Model, optimizer, this rank's RNG state, history from ckpt.pt; metrics.jsonl cut back. -> (first step, history, t_origin)"""
     ck = torch.load(path, map_location="cpu", weights_only=False)  # our own file: it holds RNG states
     bad = [k for k in CONFIG_KEYS if k not in RESUME_MAY_CHANGE and ck["config"].get(k, DEFAULTS[k]) != getattr(C, k)]
     if bad:
