@@ -11,6 +11,8 @@ A task knows its token lengths, draws problems and scores responses:
     task.show(prompt, response, target) -> one line describing a mistake
 
 Sort (the default): sort 16-20 random digits. Pairs (config/long.py): 68 pairs "r F(r)" then the end token.
+Around them: make(config) picks one, teacher() is the warm start's noisy teacher, Problems draws training problems
+that are never held out, evaluate() is the held-out evaluation (greedy exact match and the sampled reward).
 Tokens: the digits 0-9, '=' (ends the prompt), '$' (ends the answer), '.' (left-pads a prompt), a-j (pairs' values).
 """
 
