@@ -94,9 +94,9 @@ def cpu_jiffies():
 
 
 def op_args(cfg, B, T):
-    """The op's (ratio, lower, upper, dual, power, delta_max, log_w_max, sample_stride) for a method's cfg."""
+    """The op's (ratio, lower, upper, dual, power, delta_max, log_w_max) for a method's cfg."""
     ratio, lower, upper, dual, power = ctpo._ext_op_args(cfg)
-    return (ctpo_ext.RATIO_CODES[ratio], lower, upper, dual, power, cfg["delta_max"], cfg["log_w_max"], ctpo.quantile_stride(B, T))
+    return (ctpo_ext.RATIO_CODES[ratio], lower, upper, dual, power, cfg["delta_max"], cfg["log_w_max"])
 
 
 def run_blocks(fns, repeats, warmup=3, python_names=("python",)):

@@ -416,7 +416,7 @@ def _check_knobs(cfg):
         need(0 <= cfg["clip_low"] < math.inf, "clip_low", "a finite number >= 0")
         need(0 <= cfg["clip_high"] < math.inf, "clip_high", "a finite number >= 0")
         need(0 < cfg["clip_c"] < math.inf, "clip_c", "a finite number > 0")
-        need(math.isfinite(cfg["power"]), "power", "a finite number (0.5: the paper's sqrt(t); 0: a fixed window)")
+        need(-math.inf < cfg["power"] < math.inf, "power", "a finite number (0.5: the paper's sqrt(t); 0: a fixed window)")
 
 
 def check_inputs(logp, old_logp, advantages, mask, check_values=True):
@@ -431,10 +431,15 @@ def check_inputs(logp, old_logp, advantages, mask, check_values=True):
     for name, x in (("logp", logp), ("old_logp", old_logp), ("advantages", advantages)):
         if not x.is_floating_point():
             raise TypeError(f"{name}: expected a floating dtype (float16/bfloat16/float32/float64), got {x.dtype}")
-    if old_logp.shape != logp.shape or mask.shape != logp.shape:
-        raise ValueError(f"old_logp, mask: expected shape {tuple(logp.shape)} like logp, got {tuple(old_logp.shape)}, {tuple(mask.shape)}")
+    for name, x in (("old_logp", old_logp), ("mask", mask)):
+        if x.shape != logp.shape:
+            raise ValueError(f"{name}: expected shape {tuple(logp.shape)} like logp, got {tuple(x.shape)}")
+    if advantages.shape == (logp.shape[0], 1):  # TRL's advantages.unsqueeze(1), verl's broadcasting: one per row
+        advantages = advantages[:, 0]
     if advantages.shape not in (logp.shape[:1], logp.shape):
-        raise ValueError(f"advantages: expected shape ({logp.shape[0]},) or {tuple(logp.shape)}, got {tuple(advantages.shape)}")
+        raise ValueError(
+            f"advantages: expected shape ({logp.shape[0]},), ({logp.shape[0]}, 1) or {tuple(logp.shape)}, got {tuple(advantages.shape)}"
+        )
     if mask.dtype != torch.bool:
         if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
             raise ValueError(f"mask: expected bool or 0/1 values, got dtype {mask.dtype} with other values")
@@ -450,13 +455,35 @@ def check_inputs(logp, old_logp, advantages, mask, check_values=True):
     return mask, old_logp, adv
 
 
+# A log-probability is <= 0. log_softmax in float32 can return a rounding residue above 0 (~1e-7, ~1e-6 for a
+# logsumexp of 100); bfloat16 / float16 storage keeps the sign and the size of such a residue. The margin is also
+# below the smallest clip window (clip_low = 0.025 at t = 1): a log-prob off by more than that would change which
+# tokens clip, so it is an error either way. Probabilities or logits passed as log-probs exceed it in any batch.
+LOGP_MARGIN = 0.01
+
+
 def check_finite(logp, old_logp, adv, mask):
-    """ValueError naming the first of logp, old_logp, advantages with a NaN or inf at a mask=1 position."""
+    """ValueError naming the first of logp, old_logp, advantages with a NaN or inf at a mask=1 position, then the
+    first of logp, old_logp with a value above LOGP_MARGIN there (not a log-probability: probabilities or logits?)."""
     # one pass for the common case (a NaN or inf in any input makes the sum non-finite), then find which
     if not bool(torch.isfinite(torch.where(mask, logp.detach().float() + old_logp.float() + adv.float(), 0.0)).all()):
         for name, x in (("logp", logp), ("old_logp", old_logp), ("advantages", adv)):
             if not bool(torch.isfinite(torch.where(mask, x.detach(), 0.0)).all()):
                 raise ValueError(f"{name}: NaN or inf at a mask=1 position")
+    if logp.numel() > 0:
+        top = torch.where(mask, torch.maximum(logp.detach().float(), old_logp.float()), -math.inf).amax()
+        if bool(top > LOGP_MARGIN):
+            for name, x in (("logp", logp), ("old_logp", old_logp)):
+                check_logp_max(name, torch.where(mask, x.detach().float(), -math.inf).amax().item())
+
+
+def check_logp_max(name, largest):
+    """ValueError if `largest`, the largest value of a log-prob input at a mask=1 position, is above LOGP_MARGIN."""
+    if largest > LOGP_MARGIN:
+        raise ValueError(
+            f"{name}: expected log-probabilities (<= 0, up to a rounding margin of {LOGP_MARGIN}) at mask=1 positions, "
+            f"got a largest value of {largest:.6g}: probabilities or logits?"
+        )
 
 
 def check_token_tensor(name, x, logp, mask, nonnegative=False, check_values=True):
@@ -558,38 +585,50 @@ def aggregate_rows(row_loss, n_i, T, agg="token-mean", num_tokens=None, num_seqs
 
 
 def _at_least_one(count, like):
-    # an empty batch gives loss 0, not 0/0
-    return torch.as_tensor(count, dtype=like.dtype, device=like.device).clamp(min=1)
+    # an empty batch gives loss 0, not 0/0. A Python (or symbolic) number stays one: as_tensor would make torch.compile
+    # specialise on it, and recompile for every new T (the default loss_scale_factor)
+    if isinstance(count, torch.Tensor):
+        return count.to(like.dtype).clamp(min=1)
+    return torch.sym_max(count, 1)
 
 
-QUANTILE_SAMPLE = 4096  # the ratio quantiles look at about this many positions (all of them below)
+QUANTILE_SAMPLE = 4096  # the ratio quantiles look at this many positions at most (all of them below)
+WEYL = 0x9E3779B9  # 2^32 / golden ratio: the sample's columns, a Weyl sequence in 32-bit fixed point
 QUANTILES = (10, 50, 90)  # ratio_q10 / q50 / q90, in percent
 
 
-def quantile_stride(B, T):
-    """Stride s of the quantiles' subsample: flat positions 0, s, 2s, ... of a (B, T) batch, s = ceil(B T / 4096),
-    raised to the next integer coprime to T, so that the sample visits every response position t evenly (a stride
-    that divides T would see the same few positions in every row)."""
-    s = max(1, -(-B * T // QUANTILE_SAMPLE))
-    while T > 1 and math.gcd(s, T) != 1:
-        s += 1
-    return s
+def quantile_sample(B, T, device=None):
+    """The quantiles' sample of a (B, T) batch: flat positions (K,) long and which exist (K,) bool, K = QUANTILE_SAMPLE.
+    With B T <= K every position; else position k at row floor(k B / K), column floor(frac(k phi) T) (a Weyl
+    sequence: every row's samples spread over all its positions, whatever T divides). Tensor arithmetic only, so
+    it traces with symbolic B, T. csrc/ctpo_layout.h is the same rule."""
+    k = torch.arange(QUANTILE_SAMPLE, device=device)
+    if B * T <= QUANTILE_SAMPLE:
+        return k.clamp(max=max(B * T - 1, 0)), k < B * T
+    col = ((k * WEYL) & 0xFFFFFFFF) * T >> 32
+    return (k * B) // QUANTILE_SAMPLE * T + col, torch.ones_like(k, dtype=torch.bool)
 
 
 def log_w_quantiles(log_w, mask):
-    """Nearest-rank 10/50/90 % quantiles (k = max(1, ceil(q n / 100))) of log w over the mask tokens among the
-    positions of `quantile_stride` (if those positions hold none, a sparse mask: the first 4096 mask tokens in
-    flat order; 0 if there are none). (3,).
-    Exact up to 4096 positions; beyond, those of a sample of about 4096 evenly strided positions: the returned
-    value's rank among all mask tokens is then off by about 1/sqrt(4096) = 1.6 % of the count at most in
-    practice (tests/test_ext.py checks +-3 % on 2^20 tokens)."""
-    s = quantile_stride(*mask.shape)
-    sample = log_w.reshape(-1)[::s][mask.reshape(-1)[::s]]
-    if sample.numel() == 0:  # a sparse mask that the stride missed, or no tokens at all
-        sample = log_w[mask][:QUANTILE_SAMPLE]
-    if sample.numel() == 0:
+    """Nearest-rank 10/50/90 % quantiles (k = max(1, ceil(q n / 100))) of log w over the mask tokens of
+    `quantile_sample` (if it holds none, a sparse mask: the first 4096 mask tokens in flat order; 0 if there are
+    none). (3,). Exact up to 4096 positions; beyond, the returned value's rank among all mask tokens is off by
+    about 1/sqrt(4096) = 1.6 % of the count (tests/test_ext_policy_loss.py checks +-3 % on 2^20 tokens)."""
+    B, T = mask.shape
+    if B * T == 0:
         return log_w.new_zeros(len(QUANTILES))
-    return torch.stack([sample.kthvalue(max(1, math.ceil(q / 100 * sample.numel()))).values for q in QUANTILES])
+    lw, m = log_w.detach().reshape(-1), mask.reshape(-1)
+    pos, valid = quantile_sample(B, T, log_w.device)
+    valid = valid & m[pos]
+    rank = m.cumsum(0)  # (B T,) mask tokens up to each position
+    r = torch.arange(1, QUANTILE_SAMPLE + 1, device=log_w.device)
+    missed = ~valid.any()  # the sample caught no mask token: take the first ones (rank r is at searchsorted(rank, r))
+    pos = torch.where(missed, torch.searchsorted(rank, r).clamp(max=B * T - 1), pos)
+    valid = torch.where(missed, r <= rank[-1], valid)
+    vals = torch.where(valid, lw[pos], math.nan).sort().values  # NaN (the missing) sorts last
+    n = valid.sum()
+    kth = ((torch.tensor(QUANTILES, device=log_w.device) * n + 99) // 100).clamp(min=1) - 1
+    return torch.where(n > 0, vals[kth], 0.0)
 
 
 @torch.no_grad()
@@ -719,19 +758,27 @@ def kl_k3(logp, ref_logp):
 _ext_warned = False
 
 
+@torch.compiler.assume_constant_result  # run eagerly, also while torch.compile traces policy_loss: a build cannot be traced
+def _ext_problem(device_type):
+    """Why the fused op cannot run on `device_type` tensors, or None. Loads (builds) the extension on first use."""
+    try:
+        import ctpo_ext
+
+        ctpo_ext.load()
+        if not ctpo_ext.supports_device(device_type):
+            return f"the extension was built without a kernel for {device_type} tensors"
+    except Exception as e:  # a missing compiler, a failed build
+        return f"the extension could not be loaded ({e}); build it with `pip install --no-build-isolation -e .`"
+    return None
+
+
 def _ext_usable(backend, cfg, logp):
     global _ext_warned
     why = None
     if not cfg["stop_gradient"]:
         why = "the fused kernel implements the stop-gradient form only; stop_gradient=False is a Python teaching option (backend='python')"
     else:
-        try:
-            import ctpo_ext
-
-            if not ctpo_ext.supports(logp):
-                why = f"the extension was built without a kernel for {logp.device.type} tensors"
-        except Exception as e:  # a missing compiler, a failed build
-            why = f"the extension could not be loaded ({e}); build it with `pip install --no-build-isolation -e .`"
+        why = _ext_problem(logp.device.type)
     if why is None:
         return True
     if backend == "ext":
@@ -761,16 +808,19 @@ def _ext_policy_loss(logp, old_logp, adv, mask, cfg, rollout_is_weights, agg, nu
     B, T = mask.shape
     out = torch.ops.ctpo.policy_loss(
         logp, old_logp, adv, mask, rollout_is_weights, ctpo_ext.RATIO_CODES[ratio], float(lower), float(upper), float(dual),
-        float(power), float(cfg["delta_max"]), float(cfg["log_w_max"]), quantile_stride(B, T),
+        float(power), float(cfg["delta_max"]), float(cfg["log_w_max"]),
     )  # fmt: skip
-    loss_tok, row_loss, log_w, clipped, _, stats, tot, lw_q = out  # stats (12, B), tot (12,): ctpo_ext.STATS
+    loss_tok, row_loss, log_w, clipped, _, stats, tot, lw_q = out  # stats (14, B), tot (14,): ctpo_ext.STATS
     # the inputs' value checks, as check_finite / check_token_tensor would raise them (one sync, O(1) data)
+    bad = (tot[8:12].sum() != 0) | (tot[12:14].amax() > LOGP_MARGIN)
     if torch.compiler.is_compiling():
-        torch._assert_async(tot[8:].sum() == 0, "policy_loss: NaN or inf (or a negative rollout weight) at a mask=1 position")
-    elif bool(tot[8:].any()):
+        torch._assert_async(~bad, "policy_loss: NaN or inf (or a negative rollout weight, or a log-prob > 0) at a mask=1 position")
+    elif bool(bad):
         for col, name, nonneg in _EXT_INPUT_NAMES:
             if bool(tot[col]):
                 raise ValueError(_bad_values_message(name, nonneg) if nonneg else f"{name}: NaN or inf at a mask=1 position")
+        check_logp_max("logp", tot[12].item())
+        check_logp_max("old_logp", tot[13].item())
     # row sums in float64 (the kernel's accumulator): the aggregate is rounded once, to the loss's dtype
     loss = aggregate_rows(row_loss, stats[0], T, agg, num_tokens, num_seqs, loss_scale_factor).to(loss_tok.dtype)
     m = metrics_from_sums(tot[:5], tot[5], tot[6], tot[7], lw_q)  # without tokens: min +inf, max -inf, shown as 1

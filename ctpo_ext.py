@@ -173,8 +173,13 @@ def load(verbose=None):
 
 def supports(x):
     """Whether the loaded extension has a kernel for tensors on x's device (CPU always; CUDA if built with it)."""
+    return supports_device(x.device.type)
+
+
+def supports_device(device_type):
+    """Whether the loaded extension has a kernel for tensors of this device type ("cpu", "cuda", ...)."""
     load()
-    return x.device.type == "cpu" or (x.device.type == "cuda" and _with_cuda)
+    return device_type == "cpu" or (device_type == "cuda" and _with_cuda)
 
 
 def _older_than_sources(path):
@@ -212,6 +217,8 @@ STATS = (  # the rows of the op's per-row `stats` output (12, B) and the entries
     "bad_old_logp",
     "bad_adv",
     "bad_rollout_is_weights",  # 1 if NaN / inf / negative at a mask=1 position
+    "max_logp",  # the largest logp at a mask=1 position (-inf without any; NaN ignored); totals: the max over rows
+    "max_old_logp",
 )
 QUANTILES = (10, 50, 90)  # the op's log_w_q output: nearest-rank quantiles, in percent
 
@@ -233,7 +240,7 @@ def _register_python_parts():
         return
 
     @torch.library.register_fake("ctpo::policy_loss")
-    def _policy_loss_fake(logp, old_logp, adv, mask, rw, ratio, lower, upper, dual, power, delta_max, log_w_max, sample_stride):
+    def _policy_loss_fake(logp, old_logp, adv, mask, rw, ratio, lower, upper, dual, power, delta_max, log_w_max):
         torch._check(logp.dim() == 2, lambda: "logp: expected shape (B, T)")
         B, T = logp.shape
         dt = _compute_dtype(logp.dtype)
@@ -265,7 +272,7 @@ def _register_python_parts():
         g_logp = None
         if (grad_loss is not None or grad_row_loss is not None) and ctx.needs_input_grad[0]:
             g_logp = torch.ops.ctpo.policy_loss_backward(grad_loss, grad_row_loss, loss, pass_bits, ctx.logp_dtype)
-        return (g_logp,) + (None,) * 12
+        return (g_logp,) + (None,) * 11
 
     torch.library.register_autograd("ctpo::policy_loss", backward, setup_context=setup_context)
     _registered = True
@@ -320,18 +327,8 @@ def _as_float(name, v):
     raise TypeError(f"{name}: expected a real number, got {type(v).__name__}")
 
 
-def _as_int(name, v):
-    """An integral number (an int, a numpy integer, or a float / one-element tensor with an integral value) as an int."""
-    if isinstance(v, numbers.Integral) and not isinstance(v, bool):
-        return int(v)
-    f = _as_float(name, v)
-    if not f.is_integer():
-        raise TypeError(f"{name}: expected an integer, got {v!r}")
-    return int(f)
-
-
-def _checked_knobs(logp, lower, upper, dual, power, delta_max, log_w_max, sample_stride):
-    """The op's scalar arguments, converted (floats, then the int stride), with the C++ op's checks."""
+def _checked_knobs(logp, lower, upper, dual, power, delta_max, log_w_max):
+    """The op's scalar arguments, converted to floats, with the C++ op's checks."""
     names = ("lower", "upper", "dual", "power", "delta_max", "log_w_max")
     lower, upper, dual, power, delta_max, log_w_max = (
         _as_float(n, v) for n, v in zip(names, (lower, upper, dual, power, delta_max, log_w_max))
@@ -342,12 +339,9 @@ def _checked_knobs(logp, lower, upper, dual, power, delta_max, log_w_max, sample
         raise ValueError(f"delta_max: expected > 0, got {delta_max}")
     if not log_w_max >= 0:
         raise ValueError(f"log_w_max: expected >= 0, got {log_w_max}")
-    sample_stride = _as_int("sample_stride", sample_stride)
-    if sample_stride < 1:
-        raise ValueError(f"sample_stride: expected an integer >= 1, got {sample_stride}")
     if logp.shape[1] >= 2**31 - 64:
         raise ValueError(f"logp: T = {logp.shape[1]} is too long (at most 2^31 - 65 tokens per row)")
-    return [lower, upper, dual, power, delta_max, log_w_max, sample_stride]
+    return [lower, upper, dual, power, delta_max, log_w_max]
 
 
 def policy_loss_op(
@@ -363,7 +357,6 @@ def policy_loss_op(
     power=0.5,
     delta_max=20.0,
     log_w_max=10.0,
-    sample_stride=1,
 ):
     """The whole per-token policy loss of any method, fused: torch.ops.ctpo.policy_loss with input checks.
 
@@ -372,12 +365,9 @@ def policy_loss_op(
     token's loss (never differentiated). ratio: token | sequence | gspo | cumulative | cumulative-geomean.
     Window on log w at response position t: [lower * t^power, upper * t^power], dual cap dual * t^power
     (PPO: power = 0, lower = log(1 - eps_low), upper = log1p(eps_high), dual = log(dual_c)).
-    sample_stride: the quantiles' subsample (flat positions 0, s, 2s, ...; 1 = every token). On CUDA a sample of
-    more than 4096 positions is sorted with ATen ops, which synchronise: ctpo.quantile_stride(B, T) keeps it at
-    about 4096 (what ctpo.policy_loss passes).
     Returns FusedLoss(loss (B, T), row_loss (B,) float64 (sum_t loss, accumulated in float64), log_w (B, T),
-    clipped (B, T) bool, pass_bits, stats (12, B) float64 with rows STATS, totals (12,) float64 (the batch's:
-    sums, min of the mins, max of the maxes), log_w_q (3,)); loss, log_w, log_w_q
+    clipped (B, T) bool, pass_bits, stats (14, B) float64 with rows STATS, totals (14,) float64 (the batch's:
+    sums, min of the mins, max of the maxes), log_w_q (3,): ctpo.log_w_quantiles); loss, log_w, log_w_q
     in float32 (float64 for float64 logp). loss and row_loss are differentiable w.r.t. logp only (stop-gradient
     form). Equal to ctpo.token_losses for the same method.
     """
@@ -387,10 +377,10 @@ def policy_loss_op(
     if ratio not in RATIO_CODES:
         raise ValueError(f"ratio: expected one of {list(RATIO_CODES)}, got {ratio!r}")
     if torch.compiler.is_compiling():  # traced: the knobs may be symbolic floats; float() / int() specialise them
-        knobs = [float(v) for v in (lower, upper, dual, power, delta_max, log_w_max)] + [int(sample_stride)]
+        knobs = [float(v) for v in (lower, upper, dual, power, delta_max, log_w_max)]
     else:  # every check the C++ op makes, made here first, so that a C++ exception is never the first line of
         # defence (on one GPU image an extension built with its compiler wrapper crashed on any; docs/kernel.md)
-        knobs = _checked_knobs(logp, lower, upper, dual, power, delta_max, log_w_max, sample_stride)
+        knobs = _checked_knobs(logp, lower, upper, dual, power, delta_max, log_w_max)
     return FusedLoss(
         *torch.ops.ctpo.policy_loss(
             logp,
@@ -417,6 +407,5 @@ def ctpo_token_loss(
             f"clip_low, clip_high, clip_c: need clip_low >= 0, clip_high >= 0, clip_c > 0; got {(clip_low, clip_high, clip_c)}"
         )
     ratio = "cumulative-geomean" if geomean else "cumulative"
-    stride = max(1, -(-logp.numel() // 4096))  # the quantiles are discarded here: keep their sample small
-    out = policy_loss_op(logp, old_logp, adv, mask, None, ratio, -clip_low, clip_high, clip_c, power, delta_max, log_w_max, stride)
+    out = policy_loss_op(logp, old_logp, adv, mask, None, ratio, -clip_low, clip_high, clip_c, power, delta_max, log_w_max)
     return out.loss, out.log_w

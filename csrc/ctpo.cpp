@@ -1,7 +1,7 @@
 // CTPO fused policy loss: every ratio of the family, both clip families, the metrics' partial sums, one pass.
 //
 // ctpo::policy_loss(logp, old_logp, adv, mask, rollout_is_weights?, ratio, lower, upper, dual, power,
-//                   delta_max, log_w_max, sample_stride)
+//                   delta_max, log_w_max)
 //     -> (loss, row_loss, log_w, clipped, pass_bits, stats, totals, log_w_q)
 // ctpo::policy_loss_backward(grad_loss?, grad_row_loss?, loss, pass_bits, grad_dtype) -> grad_logp
 //
@@ -23,14 +23,15 @@
 //             pass_bits ((B, NB) uint8, NB = 4 * ceil(T / 32), bit j at byte j / 8, bit j % 8).
 // Outputs: loss (B, T) C; row_loss (B,) float64 = sum_t loss (accumulated in float64 and kept: the aggregation
 //   then rounds once, to the loss's dtype), differentiable like loss;
-//   log_w (B, T) C; clipped (B, T) bool = mask & (high | low | dual); stats (12, B) float64 per-row partials
-//   (ctpo_layout.h: token count, clip counts by direction, sum of exp(log_w), min / max of log_w, and 0/1 flags
-//   for a non-finite logp / old_logp / adv or a non-finite or negative rollout weight at a mask=1 position;
-//   one contiguous row per statistic); totals (12,) float64: the same over the batch (sums; min of the mins,
-//   max of the maxes), reduced in row order after the rows (deterministic, independent of the threads);
-//   log_w_q (3,) C: nearest-rank 10/50/90 % quantiles of log_w over the mask tokens among the flat positions
-//   0, s, 2s, ... (s = sample_stride; if that sample holds none, the first 4096 mask tokens in flat order; 0 if
-//   there are none).
+//   log_w (B, T) C; clipped (B, T) bool = mask & (high | low | dual); stats (14, B) float64 per-row partials
+//   (ctpo_layout.h: token count, clip counts by direction, sum of exp(log_w), min / max of log_w, 0/1 flags
+//   for a non-finite logp / old_logp / adv or a non-finite or negative rollout weight at a mask=1 position,
+//   and the largest logp / old_logp at a mask=1 position; one contiguous row per statistic); totals (14,)
+//   float64: the same over the batch (sums; min of the mins, max of the maxes), reduced in row order after the
+//   rows (deterministic, independent of the threads); log_w_q (3,) C: nearest-rank 10/50/90 % quantiles
+//   (k = max(1, ceil(q n / 100))) of log_w over the mask tokens of the quantile sample (ctpo_layout.h: every
+//   position up to 4096 positions, else 4096 positions spread by a Weyl sequence; if that sample holds none,
+//   the first 4096 mask tokens in flat order; 0 if there are none).
 // C = float32 for float16/bfloat16/float32 logp, float64 for float64 logp.
 //
 // CPU row kernels: a hand-written AVX-512 one (float32 compute, CPU_CAPABILITY_AVX512 builds), a portable at::vec
@@ -268,7 +269,8 @@ static void flag_inputs_row(const IL* lp, const IO* ol, const bool* m, int64_t T
 // (flag_inputs_row), never over a good one.
 template <typename IL, typename IO>
 static inline void write_row_stats(double* st, int64_t n, int64_t nh, int64_t nl, int64_t nd, int64_t nc, double sum_w, double mn,
-                                   double mx, bool bad_d, bool bad_a, bool bad_r, const IL* lp, const IO* ol, const bool* m, int64_t T) {
+                                   double mx, double max_lp, double max_ol, bool bad_d, bool bad_a, bool bad_r, const IL* lp, const IO* ol,
+                                   const bool* m, int64_t T) {
   st[kStatTokens] = static_cast<double>(n);
   st[kStatHigh] = static_cast<double>(nh);
   st[kStatLow] = static_cast<double>(nl);
@@ -281,6 +283,8 @@ static inline void write_row_stats(double* st, int64_t n, int64_t nh, int64_t nl
   if (bad_d) flag_inputs_row<IL, IO>(lp, ol, m, T, st);
   st[kStatBadAdv] = bad_a ? 1.0 : 0.0;
   st[kStatBadWeights] = bad_r ? 1.0 : 0.0;
+  st[kStatMaxLogp] = max_lp;
+  st[kStatMaxOldLogp] = max_ol;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -316,6 +320,7 @@ static void row_scalar(RowIO<C>& r, int64_t T, const C* s_tab, const Knobs& k) {
   double S = 0.0, sum_w = 0.0, lsum = 0.0;
   int64_t n = 0, nh = 0, nl = 0, nd = 0, nc = 0;
   C mn = inf, mx = -inf;
+  double max_lp = -std::numeric_limits<double>::infinity(), max_ol = max_lp;
   bool bad_d = false, bad_a = false, bad_r = false;
   unsigned byte = 0;
   for (int64_t j = 0; j < T; ++j) {
@@ -379,9 +384,13 @@ static void row_scalar(RowIO<C>& r, int64_t T, const C* s_tab, const Knobs& k) {
       mn = lw < mn ? lw : mn;
       mx = lw > mx ? lw : mx;
       bad_a = bad_a || !finite(A);
+      const double xl = static_cast<double>(lp[j]), xo = static_cast<double>(ol[j]);
+      max_lp = xl > max_lp ? xl : max_lp;  // NaN compares false: ignored (flagged as bad above)
+      max_ol = xo > max_ol ? xo : max_ol;
     }
   }
-  write_row_stats<IL, IO>(r.st, n, nh, nl, nd, nc, sum_w, static_cast<double>(mn), static_cast<double>(mx), bad_d, bad_a, bad_r, lp, ol, m, T);
+  write_row_stats<IL, IO>(r.st, n, nh, nl, nd, nc, sum_w, static_cast<double>(mn), static_cast<double>(mx), max_lp, max_ol, bad_d, bad_a,
+                          bad_r, lp, ol, m, T);
   r.loss_sum = lsum;
 }
 
@@ -502,6 +511,7 @@ struct RowConsts {
 struct RowAcc {
   __m512d carry, sw0, sw1, sl0, sl1;  // scan carry; sums of exp(log w) and of the loss, float64
   __m512 vmin, vmax;  // log w over mask lanes
+  __m512 vmax_lp, vmax_ol;  // logp, old_logp over mask lanes (NaN ignored)
   int64_t n, nh, nl, nd, nc;
   __mmask16 bad_d, bad_a, bad_r;
 };
@@ -522,6 +532,8 @@ static inline __attribute__((always_inline)) void block_math(const IL* lp, const
   const __m512 olv = TAIL ? load16<IO>(ol, tail) : load16<IO>(ol);
   const __m512 d = _mm512_sub_ps(lpv, olv);
   acc.bad_d |= _mm512_mask_fpclass_ps_mask(mk, d, 0x99);  // NaN or +-inf
+  acc.vmax_lp = _mm512_mask_max_ps(acc.vmax_lp, mk, lpv, acc.vmax_lp);  // a NaN lane keeps the second operand
+  acc.vmax_ol = _mm512_mask_max_ps(acc.vmax_ol, mk, olv, acc.vmax_ol);
   __m512 v;
   if constexpr (RATIO == 1) {
     v = row_v;
@@ -674,7 +686,7 @@ static void row_avx512(RowIO<float>& r, int64_t T, const float* s_tab, const Row
   RowAcc acc;
   acc.carry = acc.sw0 = acc.sw1 = acc.sl0 = acc.sl1 = _mm512_setzero_pd();
   acc.vmin = K.pinf;
-  acc.vmax = K.ninf;
+  acc.vmax = acc.vmax_lp = acc.vmax_ol = K.ninf;
   acc.n = acc.nh = acc.nl = acc.nd = acc.nc = 0;
   acc.bad_d = acc.bad_a = acc.bad_r = 0;
   int64_t j = 0;
@@ -689,6 +701,7 @@ static void row_avx512(RowIO<float>& r, int64_t T, const float* s_tab, const Row
   }
   write_row_stats<IL, IO>(r.st, acc.n, acc.nh, acc.nl, acc.nd, acc.nc, _mm512_reduce_add_pd(_mm512_add_pd(acc.sw0, acc.sw1)),
                          static_cast<double>(_mm512_reduce_min_ps(acc.vmin)), static_cast<double>(_mm512_reduce_max_ps(acc.vmax)),
+                         static_cast<double>(_mm512_reduce_max_ps(acc.vmax_lp)), static_cast<double>(_mm512_reduce_max_ps(acc.vmax_ol)),
                          acc.bad_d, acc.bad_a || (MODE != 0 && acc.n > 0 && !std::isfinite(r.A_row)), acc.bad_r, lp, ol, r.m, T);
   r.loss_sum = _mm512_reduce_add_pd(_mm512_add_pd(acc.sl0, acc.sl1));
 }
@@ -840,7 +853,7 @@ static void row_vec(RowIO<float>& r, int64_t T, const float* s_tab, const Knobs&
   VecCarry carry;
   int64_t n = 0, nh = 0, nl = 0, nd = 0, nc = 0;
   double sum_w = 0.0, lsum = 0.0;
-  VecF vmin = pinf, vmax = ninf;
+  VecF vmin = pinf, vmax = ninf, vmax_lp = ninf, vmax_ol = ninf;
   bool bad_d = false, bad_a = false, bad_r = false;
   uint64_t word = 0;  // pass bits, flushed 8 bytes at a time (kW divides 64)
   int used = 0;
@@ -871,7 +884,10 @@ static void row_vec(RowIO<float>& r, int64_t T, const float* s_tab, const Knobs&
         s = VecF::loadu(sv);
         tf = VecF::loadu(tv);
       }
-      const VecF d = load_as_float(lp + j, cnt) - load_as_float(ol + j, cnt);
+      const VecF lpv = load_as_float(lp + j, cnt), olv = load_as_float(ol + j, cnt);
+      const VecF d = lpv - olv;
+      vmax_lp = select(mk & (lpv > vmax_lp), lpv, vmax_lp);  // NaN compares false: ignored
+      vmax_ol = select(mk & (olv > vmax_ol), olv, vmax_ol);
       bad_d = bad_d || lanes_set(VecF::blendv(mk, zero, (d - d) == zero), cnt) != 0;  // d - d is NaN for inf / NaN
       VecF dc = select(d < ndm, ndm, d);  // torch.clamp: NaN propagates
       dc = select(dc > dm, dm, dc);
@@ -946,13 +962,18 @@ static void row_vec(RowIO<float>& r, int64_t T, const float* s_tab, const Knobs&
   float mnv[kW], mxv[kW];
   vmin.store(mnv);
   vmax.store(mxv);
-  float mn = inf_f, mx = -inf_f;
+  float mlv[kW], mov[kW];
+  vmax_lp.store(mlv);
+  vmax_ol.store(mov);
+  float mn = inf_f, mx = -inf_f, ml = -inf_f, mo = -inf_f;
   for (int q = 0; q < kW; ++q) {
     mn = mnv[q] < mn ? mnv[q] : mn;
     mx = mxv[q] > mx ? mxv[q] : mx;
+    ml = mlv[q] > ml ? mlv[q] : ml;
+    mo = mov[q] > mo ? mov[q] : mo;
   }
-  write_row_stats<IL, IO>(r.st, n, nh, nl, nd, nc, sum_w, static_cast<double>(mn), static_cast<double>(mx),
-                         bad_d,
+  write_row_stats<IL, IO>(r.st, n, nh, nl, nd, nc, sum_w, static_cast<double>(mn), static_cast<double>(mx), static_cast<double>(ml),
+                         static_cast<double>(mo), bad_d,
                          bad_a || (r.At == nullptr && n > 0 && !std::isfinite(r.A_row)), bad_r, lp, ol, m, T);
   r.loss_sum = lsum;
 }
@@ -979,14 +1000,14 @@ static double read_as_double(const at::Tensor& x, int64_t offset_elems) {
 // nearest-rank quantiles (k = max(1, ceil(q / 100 * n)), as ctpo.loss_metrics) of the sampled mask tokens' log w
 template <typename C>
 static void quantiles(std::vector<C>& vals, C* out) {
-  const double qs[3] = {10.0, 50.0, 90.0};
+  const int64_t qs[3] = {10, 50, 90};
   for (int i = 0; i < 3; ++i) {
     if (vals.empty()) {
       out[i] = C(0);  // no tokens: the on-policy log w
       continue;
     }
     const auto n = static_cast<int64_t>(vals.size());
-    const int64_t kth = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(qs[i] / 100.0 * static_cast<double>(n))));
+    const int64_t kth = std::max<int64_t>(1, (qs[i] * n + 99) / 100);  // ceil(q n / 100), in integers
     std::nth_element(vals.begin(), vals.begin() + (kth - 1), vals.end());
     out[i] = vals[kth - 1];
   }
@@ -1000,10 +1021,11 @@ struct Outputs {
 static void reduce_totals(const double* st, int64_t B, double* tot) {
   for (int c = 0; c < kNumStats; ++c) {
     const double* x = st + c * B;
-    double v = c == kStatMinLogW ? std::numeric_limits<double>::infinity() : (c == kStatMaxLogW ? -std::numeric_limits<double>::infinity() : 0.0);
+    const bool is_max = c == kStatMaxLogW || c == kStatMaxLogp || c == kStatMaxOldLogp;
+    double v = c == kStatMinLogW ? std::numeric_limits<double>::infinity() : (is_max ? -std::numeric_limits<double>::infinity() : 0.0);
     for (int64_t i = 0; i < B; ++i) {
       if (c == kStatMinLogW) v = x[i] < v ? x[i] : v;
-      else if (c == kStatMaxLogW) v = x[i] > v ? x[i] : v;
+      else if (is_max) v = x[i] > v ? x[i] : v;
       else v += x[i];
     }
     tot[c] = v;
@@ -1011,7 +1033,7 @@ static void reduce_totals(const double* st, int64_t B, double* tot) {
 }
 
 template <typename IL, typename IO, typename C>
-static void forward_impl(const Prepared& in, const at::Tensor& rw_t, const Knobs& k, int64_t stride, Outputs& o) {
+static void forward_impl(const Prepared& in, const at::Tensor& rw_t, const Knobs& k, Outputs& o) {
   const int64_t B = in.logp.size(0), T = in.logp.size(1);
   C* qout = o.q.mutable_data_ptr<C>();
   if (B == 0 || T == 0) {  // rows without tokens: zero sums, empty min / max
@@ -1022,7 +1044,7 @@ static void forward_impl(const Prepared& in, const at::Tensor& rw_t, const Knobs
       rl[i] = 0.0;
       for (int c = 0; c < kNumStats; ++c) st[c * B + i] = 0.0;
       st[kStatMinLogW * B + i] = std::numeric_limits<double>::infinity();
-      st[kStatMaxLogW * B + i] = -std::numeric_limits<double>::infinity();
+      st[kStatMaxLogW * B + i] = st[kStatMaxLogp * B + i] = st[kStatMaxOldLogp * B + i] = -std::numeric_limits<double>::infinity();
     }
     reduce_totals(st, B, o.totals.mutable_data_ptr<double>());
     return;
@@ -1044,8 +1066,8 @@ static void forward_impl(const Prepared& in, const at::Tensor& rw_t, const Knobs
   uint8_t* bits = o.bits.mutable_data_ptr<uint8_t>();
   double* stats = o.stats.mutable_data_ptr<double>();
   const int64_t NB = o.bits.size(1), written = (T + 7) / 8;
-  // the quantile sample: flat positions 0, s, 2s, ... (each row writes its own slots)
-  const int64_t N = B * T, S = (N + stride - 1) / stride;
+  // the quantile sample (ctpo_layout.h; each row writes its own slots)
+  const int64_t S = sample_slots(B, T);
   std::vector<C> sample_v(static_cast<size_t>(S));
   std::vector<uint8_t> sample_m(static_cast<size_t>(S));
   const int path = g_cpu_path.load(std::memory_order_relaxed);
@@ -1105,8 +1127,10 @@ static void forward_impl(const Prepared& in, const at::Tensor& rw_t, const Knobs
       if (!done) row_scalar<IL, IO, C>(r, T, s_tab, k);
       row_loss[i] = r.loss_sum;
       for (int c = 0; c < kNumStats; ++c) stats[c * B + i] = st_row[c];
-      for (int64_t q = (i * T + stride - 1) / stride; q < S && q * stride < (i + 1) * T; ++q) {
-        const int64_t j = q * stride - i * T;
+      long long q0, q1;
+      row_slots(i, B, T, &q0, &q1);
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t j = sample_column(q, i, B, T);
         sample_v[q] = r.lwo[j];
         sample_m[q] = r.m[j];
       }
@@ -1130,8 +1154,8 @@ static void forward_impl(const Prepared& in, const at::Tensor& rw_t, const Knobs
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> policy_loss_cpu(
     const at::Tensor& logp, const at::Tensor& old_logp, const at::Tensor& adv, const at::Tensor& mask,
     const std::optional<at::Tensor>& rollout_is_weights, int64_t ratio, double lower, double upper, double dual, double power,
-    double delta_max, double log_w_max, int64_t sample_stride) {
-  check_inputs(logp, old_logp, adv, mask, rollout_is_weights, ratio, power, delta_max, log_w_max, sample_stride);
+    double delta_max, double log_w_max) {
+  check_inputs(logp, old_logp, adv, mask, rollout_is_weights, ratio, power, delta_max, log_w_max);
   TORCH_CHECK_VALUE(logp.device().is_cpu(), "ctpo::policy_loss (CPU kernel): logp: expected a CPU tensor, got ", logp.device());
   const Knobs k{static_cast<int>(ratio), lower, upper, dual, power, delta_max, log_w_max};
   const Prepared in = prepare_inputs(logp, old_logp, adv, mask);
@@ -1149,15 +1173,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   o.q = new_output({3}, in.compute);
   const bool same = in.old_logp.scalar_type() == Lt;
   switch (Lt) {
-    case at::kFloat: forward_impl<float, float, float>(in, rw, k, sample_stride, o); break;
-    case at::kDouble: forward_impl<double, double, double>(in, rw, k, sample_stride, o); break;
+    case at::kFloat: forward_impl<float, float, float>(in, rw, k, o); break;
+    case at::kDouble: forward_impl<double, double, double>(in, rw, k, o); break;
     case at::kBFloat16:
-      if (same) forward_impl<BFloat16, BFloat16, float>(in, rw, k, sample_stride, o);
-      else forward_impl<BFloat16, float, float>(in, rw, k, sample_stride, o);
+      if (same) forward_impl<BFloat16, BFloat16, float>(in, rw, k, o);
+      else forward_impl<BFloat16, float, float>(in, rw, k, o);
       break;
     case at::kHalf:
-      if (same) forward_impl<Half, Half, float>(in, rw, k, sample_stride, o);
-      else forward_impl<Half, float, float>(in, rw, k, sample_stride, o);
+      if (same) forward_impl<Half, Half, float>(in, rw, k, o);
+      else forward_impl<Half, float, float>(in, rw, k, o);
       break;
     default: TORCH_CHECK(false, "unreachable");
   }
@@ -1315,7 +1339,7 @@ TORCH_LIBRARY(ctpo, m) {
   m.set_python_module("ctpo_ext");
   m.def(
       "policy_loss(Tensor logp, Tensor old_logp, Tensor adv, Tensor mask, Tensor? rollout_is_weights, int ratio, float lower, "
-      "float upper, float dual, float power, float delta_max, float log_w_max, int sample_stride) -> (Tensor loss, Tensor row_loss, "
+      "float upper, float dual, float power, float delta_max, float log_w_max) -> (Tensor loss, Tensor row_loss, "
       "Tensor log_w, Tensor clipped, Tensor pass_bits, Tensor stats, Tensor totals, Tensor log_w_q)");
   m.def(
       "policy_loss_backward(Tensor? grad_loss, Tensor? grad_row_loss, Tensor loss, Tensor pass_bits, ScalarType grad_dtype) -> "

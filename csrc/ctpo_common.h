@@ -19,8 +19,7 @@ inline bool is_float_dtype(at::ScalarType t) {
 
 // ValueError / TypeError naming the argument, as ctpo.check_inputs does
 inline void check_inputs(const at::Tensor& logp, const at::Tensor& old_logp, const at::Tensor& adv, const at::Tensor& mask,
-                         const std::optional<at::Tensor>& rw, int64_t ratio, double power, double delta_max, double log_w_max,
-                         int64_t sample_stride) {
+                         const std::optional<at::Tensor>& rw, int64_t ratio, double power, double delta_max, double log_w_max) {
   TORCH_CHECK_VALUE(logp.dim() == 2, "ctpo::policy_loss: logp: expected shape (B, T), got ", logp.sizes());
   TORCH_CHECK_TYPE(is_float_dtype(logp.scalar_type()),
                    "ctpo::policy_loss: logp: expected float16/bfloat16/float32/float64, got ", logp.scalar_type());
@@ -53,7 +52,6 @@ inline void check_inputs(const at::Tensor& logp, const at::Tensor& old_logp, con
   TORCH_CHECK_VALUE(std::isfinite(power), "ctpo::policy_loss: power: expected a finite number, got ", power);
   TORCH_CHECK_VALUE(delta_max > 0, "ctpo::policy_loss: delta_max: expected > 0, got ", delta_max);
   TORCH_CHECK_VALUE(log_w_max >= 0, "ctpo::policy_loss: log_w_max: expected >= 0, got ", log_w_max);
-  TORCH_CHECK_VALUE(sample_stride >= 1, "ctpo::policy_loss: sample_stride: expected >= 1, got ", sample_stride);
 }
 
 // A row-major view whose last dimension is unit-stride (any row stride): no copy for row slices.

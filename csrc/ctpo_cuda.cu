@@ -12,7 +12,7 @@
 // the clipped flag; a warp ballot packs the 32 "gradient passes" bits of each warp into one word of pass_bits.
 // Each thread keeps the row statistics (counts, float64 sums, min / max, bad-value flags), reduced once per row
 // with cub::BlockReduce; then the row writes its slots of the quantile sample. A second kernel (one block)
-// adds up the batch totals, radix-sorts the sample (<= 4096 values; the glue sorts a larger one with ATen) and
+// adds up the batch totals, radix-sorts the sample (<= 4096 values) and
 // picks the nearest-rank quantiles. Backward: a grid-stride
 // elementwise (grad + grad_row) * loss where the bit is set (else exactly 0), broadcasts read in place.
 
@@ -113,14 +113,15 @@ struct Carry {  // cub block-prefix callback: returns the prefix for this span, 
 };
 
 struct RowAcc {  // the per-row statistics, per thread, then block-reduced
-  double sum_w, loss, mn, mx;
+  double sum_w, loss, mn, mx, max_lp, max_ol;
   long long n, nh, nl, nd, nc;
   unsigned flags;  // bit 0 logp / old_logp difference non-finite, 1 adv non-finite, 2 bad weight
 };
 
 struct RowAccSum {
   __device__ __forceinline__ RowAcc operator()(const RowAcc& a, const RowAcc& b) const {
-    return {a.sum_w + b.sum_w, a.loss + b.loss, a.mn < b.mn ? a.mn : b.mn, a.mx > b.mx ? a.mx : b.mx, a.n + b.n, a.nh + b.nh,
+    return {a.sum_w + b.sum_w, a.loss + b.loss, a.mn < b.mn ? a.mn : b.mn, a.mx > b.mx ? a.mx : b.mx,
+            a.max_lp > b.max_lp ? a.max_lp : b.max_lp, a.max_ol > b.max_ol ? a.max_ol : b.max_ol, a.n + b.n, a.nh + b.nh,
             a.nl + b.nl, a.nd + b.nd, a.nc + b.nc, a.flags | b.flags};
   }
 };
@@ -172,7 +173,7 @@ __global__ void __launch_bounds__(kBlock) policy_loss_fwd_kernel(const FwdParams
     row_v = static_cast<C>(s_row_v);
   }
 
-  RowAcc acc{0.0, 0.0, INFINITY, -INFINITY, 0, 0, 0, 0, 0, 0u};
+  RowAcc acc{0.0, 0.0, INFINITY, -INFINITY, -INFINITY, -INFINITY, 0, 0, 0, 0, 0, 0u};
   Carry carry{{0.0, 0}};
   for (int64_t base = 0; base < T; base += int64_t{kBlock} * kItems) {
     C d[kItems];
@@ -188,7 +189,12 @@ __global__ void __launch_bounds__(kBlock) policy_loss_fwd_kernel(const FwdParams
       r[k] = C(1);
       if (j < T) {
         m[k] = mk[j];
-        d[k] = static_cast<C>(widen(lp[j])) - static_cast<C>(widen(ol[j]));
+        const auto a = widen(lp[j]), b = widen(ol[j]);
+        d[k] = static_cast<C>(a) - static_cast<C>(b);
+        if (m[k]) {  // the largest log-probs (NaN compares false: ignored, flagged below)
+          acc.max_lp = static_cast<double>(a) > acc.max_lp ? static_cast<double>(a) : acc.max_lp;
+          acc.max_ol = static_cast<double>(b) > acc.max_ol ? static_cast<double>(b) : acc.max_ol;
+        }
         if (At != nullptr) A[k] = At[j];
         if (rw != nullptr) r[k] = rw[j];
       }
@@ -265,6 +271,8 @@ __global__ void __launch_bounds__(kBlock) policy_loss_fwd_kernel(const FwdParams
     st[kStatSumW * B] = tot.sum_w;
     st[kStatMinLogW * B] = tot.mn;
     st[kStatMaxLogW * B] = tot.mx;
+    st[kStatMaxLogp * B] = tot.max_lp;
+    st[kStatMaxOldLogp * B] = tot.max_ol;
     st[kStatBadAdv * B] = (tot.flags & 2u) ? 1.0 : 0.0;
     st[kStatBadWeights * B] = (tot.flags & 4u) ? 1.0 : 0.0;
     st[kStatBadLogp * B] = st[kStatBadOldLogp * B] = 0.0;
@@ -284,11 +292,11 @@ __global__ void __launch_bounds__(kBlock) policy_loss_fwd_kernel(const FwdParams
       st[kStatBadOldLogp * B] = bad_ol ? 1.0 : 0.0;
     }
   }
-  // this row's slots of the quantile sample: flat positions q * stride inside the row
-  const int64_t s = p.sample_stride;
-  const int64_t q0 = (row * T + s - 1) / s;
-  for (int64_t q = q0 + threadIdx.x; q < p.sample_n && q * s < (row + 1) * T; q += kBlock) {
-    const int64_t j = q * s - row * T;
+  // this row's slots of the quantile sample (ctpo_layout.h)
+  long long q0, q1;
+  row_slots(row, B, T, &q0, &q1);
+  for (int64_t q = q0 + threadIdx.x; q < q1; q += kBlock) {
+    const int64_t j = sample_column(q, row, B, T);
     static_cast<C*>(p.sample_v)[q] = lwo[j];
     p.sample_m[q] = mk[j] ? 1 : 0;
   }
@@ -298,13 +306,15 @@ struct Totals {  // the batch totals of the kNumStats per-row statistics
   double v[kNumStats];
 };
 
-struct TotalsOp {  // min for min_log_w, max for max_log_w, sum for the rest
+__device__ __forceinline__ bool is_max_stat(int c) { return c == kStatMaxLogW || c == kStatMaxLogp || c == kStatMaxOldLogp; }
+
+struct TotalsOp {  // min for min_log_w, max for the maxima, sum for the rest
   __device__ __forceinline__ Totals operator()(const Totals& a, const Totals& b) const {
     Totals r;
 #pragma unroll
     for (int c = 0; c < kNumStats; ++c) {
       if (c == kStatMinLogW) r.v[c] = a.v[c] < b.v[c] ? a.v[c] : b.v[c];
-      else if (c == kStatMaxLogW) r.v[c] = a.v[c] > b.v[c] ? a.v[c] : b.v[c];
+      else if (is_max_stat(c)) r.v[c] = a.v[c] > b.v[c] ? a.v[c] : b.v[c];
       else r.v[c] = a.v[c] + b.v[c];
     }
     return r;
@@ -314,8 +324,7 @@ struct TotalsOp {  // min for min_log_w, max for max_log_w, sum for the rest
 // one block: the batch totals of the per-row statistics (thread k folds rows k, k + 256, ... in order, then a
 // fixed reduction tree: deterministic), and the nearest-rank quantiles (k = max(1, ceil(q / 100 * n))) of the
 // sampled mask tokens' log w; the first kFallbackSample mask tokens in flat order where the sample holds none;
-// 0 without tokens. A sample of more than kBlock * kSortItems slots (an explicit small sample_stride) is left to
-// the glue, which sorts it with ATen.
+// 0 without tokens. The sample has at most kQuantileSample = kBlock * kSortItems slots (ctpo_layout.h).
 template <typename C>
 __global__ void __launch_bounds__(kBlock) quantile_kernel(const FwdParams p) {
   using Sort = cub::BlockRadixSort<C, kBlock, kSortItems>;
@@ -332,7 +341,7 @@ __global__ void __launch_bounds__(kBlock) quantile_kernel(const FwdParams p) {
   C* vals = sm.vals;
   Totals part;
 #pragma unroll
-  for (int c = 0; c < kNumStats; ++c) part.v[c] = c == kStatMinLogW ? INFINITY : (c == kStatMaxLogW ? -INFINITY : 0.0);
+  for (int c = 0; c < kNumStats; ++c) part.v[c] = c == kStatMinLogW ? INFINITY : (is_max_stat(c) ? -INFINITY : 0.0);
   for (int64_t i = threadIdx.x; i < p.B; i += kBlock) {
     Totals row;
 #pragma unroll
@@ -344,7 +353,6 @@ __global__ void __launch_bounds__(kBlock) quantile_kernel(const FwdParams p) {
 #pragma unroll
     for (int c = 0; c < kNumStats; ++c) p.totals[c] = all.v[c];
   }
-  if (p.sample_n > kMaxKernelSample) return;  // block-uniform: the glue sorts a larger sample
   const C* sv = static_cast<const C*>(p.sample_v);
   const C nan = static_cast<C>(NAN);  // sorts after every number: the invalid slots go last
   int mine = 0;
@@ -384,10 +392,10 @@ __global__ void __launch_bounds__(kBlock) quantile_kernel(const FwdParams p) {
   for (int k = 0; k < kSortItems; ++k) vals[threadIdx.x * kSortItems + k] = keys[k];
   __syncthreads();
   if (threadIdx.x < 3) {
-    const double q = threadIdx.x == 0 ? 10.0 : (threadIdx.x == 1 ? 50.0 : 90.0);
+    const long long q = threadIdx.x == 0 ? 10 : (threadIdx.x == 1 ? 50 : 90);
     C out = C(0);  // no tokens: the on-policy log w
     if (n > 0) {
-      long long kth = static_cast<long long>(ceil(q / 100.0 * static_cast<double>(n)));
+      long long kth = (q * n + 99) / 100;  // ceil(q n / 100), in integers
       kth = kth < 1 ? 1 : kth;
       out = vals[kth - 1];
     }

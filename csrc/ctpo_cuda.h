@@ -27,7 +27,6 @@ struct FwdParams {
   // knobs (csrc/ctpo.cpp's header says what each means)
   int ratio;  // ctpo_layout::Ratio
   double lower, upper, dual, power, delta_max, log_w_max;
-  int64_t sample_stride;
   // outputs: loss, log_w contiguous (B, T) in the compute dtype (float64 if logp is float64, else float32);
   // clipped (B, T) bool; pass_bits (B, bits_rs) bytes, bits_rs = 4 * ceil(T / 32): bit j of a row (byte j / 8,
   // bit j % 8) says whether d loss_j / d logp_j = loss_j (else 0); row_loss (B,) float64; stats (kNumStats, B)
@@ -41,8 +40,7 @@ struct FwdParams {
   double* stats;
   double* totals;
   void* log_w_q;
-  // scratch: the quantile sample, sample_n = ceil(B * T / sample_stride) slots (sorted by the kernel when
-  // <= kMaxKernelSample)
+  // scratch: the quantile sample, sample_n = ctpo_layout::sample_slots(B, T) <= kMaxKernelSample slots
   void* sample_v;  // compute dtype
   unsigned char* sample_m;
   int64_t sample_n;
@@ -62,9 +60,9 @@ struct BwdParams {
   int64_t B, T;
 };
 
-// the largest quantile sample the quantile kernel sorts itself (one block of 256 threads x 16 keys); a larger one
-// is left to the caller (the glue sorts it with ATen), log_w_q is then not written
+// the largest quantile sample the quantile kernel sorts (one block of 256 threads x 16 keys): every sample
 constexpr int64_t kMaxKernelSample = 4096;
+static_assert(ctpo_layout::kQuantileSample <= kMaxKernelSample, "the quantile kernel sorts the whole sample");
 
 // Launch on `stream`; return the launch status (cudaGetLastError after the launch).
 cudaError_t policy_loss_forward(const FwdParams& p, cudaStream_t stream);

@@ -26,44 +26,20 @@ static ctpo_cuda::DType dtype_tag(at::ScalarType t) {
   }
 }
 
-// The quantiles of a sample larger than the quantile kernel sorts in one block (sample_stride small enough to
-// give more than 4096 positions: exact quantiles of a large batch, say): the same rule with ATen ops (they
-// synchronise, as the CPU op's sort does not need to). q (3,): nearest-rank 10/50/90 % of the sampled mask
-// tokens' log w; where the sample holds none, of the first kFallbackSample mask tokens in flat order; 0 if none.
-static void large_sample_quantiles(const at::Tensor& sample_v, const at::Tensor& sample_m, const at::Tensor& lw, const at::Tensor& mask,
-                                   at::Tensor& q) {
-  at::Tensor vals = sample_v.masked_select(sample_m.to(at::kBool).logical_and(sample_v.isnan().logical_not()));
-  if (vals.numel() == 0) {
-    vals = lw.masked_select(mask.logical_and(lw.isnan().logical_not()));
-    vals = vals.narrow(0, 0, std::min<int64_t>(vals.numel(), ctpo_layout::kFallbackSample));
-  }
-  const int64_t n = vals.numel();
-  if (n == 0) {
-    q.zero_();
-    return;
-  }
-  const at::Tensor sorted = std::get<0>(vals.sort());
-  const double pct[3] = {10.0, 50.0, 90.0};
-  at::Tensor idx = at::empty({3}, at::kLong);
-  int64_t* ip = idx.mutable_data_ptr<int64_t>();
-  for (int k = 0; k < 3; ++k) ip[k] = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(pct[k] / 100.0 * static_cast<double>(n)))) - 1;
-  q.copy_(sorted.index_select(0, idx.to(sorted.device())));
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> policy_loss_cuda(
     const at::Tensor& logp, const at::Tensor& old_logp, const at::Tensor& adv, const at::Tensor& mask,
     const std::optional<at::Tensor>& rollout_is_weights, int64_t ratio, double lower, double upper, double dual, double power,
-    double delta_max, double log_w_max, int64_t sample_stride) {
-  check_inputs(logp, old_logp, adv, mask, rollout_is_weights, ratio, power, delta_max, log_w_max, sample_stride);
+    double delta_max, double log_w_max) {
+  check_inputs(logp, old_logp, adv, mask, rollout_is_weights, ratio, power, delta_max, log_w_max);
   TORCH_CHECK_VALUE(logp.is_cuda(), "ctpo::policy_loss (CUDA kernel): logp: expected a CUDA tensor, got ", logp.device());
   const c10::cuda::CUDAGuard guard(logp.device());
   const Prepared in = prepare_inputs(logp, old_logp, adv, mask);
   const at::Tensor rw = prepare_weights(rollout_is_weights, in.compute);
   const int64_t B = logp.size(0), T = logp.size(1);
-  const int64_t sample_n = B * T == 0 ? 0 : (B * T + sample_stride - 1) / sample_stride;
+  const int64_t sample_n = ctpo_layout::sample_slots(B, T);
   auto opts = logp.options().dtype(in.compute);
   // every element of every output is written by the kernels (row_loss, stats: each row's block; totals, q: the
-  // quantile kernel, or below for a large sample): no zero fill
+  // quantile kernel): no zero fill
   at::Tensor loss = at::empty(logp.sizes(), opts), lw = at::empty(logp.sizes(), opts);
   at::Tensor clipped = at::empty(logp.sizes(), logp.options().dtype(at::kBool));
   at::Tensor bits = at::empty({B, pass_bits_bytes(T)}, logp.options().dtype(at::kByte));
@@ -77,9 +53,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     totals.zero_();
     q.zero_();
     stats.select(0, ctpo_layout::kStatMinLogW).fill_(std::numeric_limits<double>::infinity());
-    stats.select(0, ctpo_layout::kStatMaxLogW).fill_(-std::numeric_limits<double>::infinity());
     totals.select(0, ctpo_layout::kStatMinLogW).fill_(std::numeric_limits<double>::infinity());
-    totals.select(0, ctpo_layout::kStatMaxLogW).fill_(-std::numeric_limits<double>::infinity());
+    for (const int c : {ctpo_layout::kStatMaxLogW, ctpo_layout::kStatMaxLogp, ctpo_layout::kStatMaxOldLogp}) {
+      stats.select(0, c).fill_(-std::numeric_limits<double>::infinity());
+      totals.select(0, c).fill_(-std::numeric_limits<double>::infinity());
+    }
     return {loss, row_loss, lw, clipped, bits, stats, totals, q};
   }
   at::Tensor sample_v = at::empty({sample_n}, opts), sample_m = at::empty({sample_n}, logp.options().dtype(at::kByte));
@@ -108,7 +86,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   p.power = power;
   p.delta_max = delta_max;
   p.log_w_max = log_w_max;
-  p.sample_stride = sample_stride;
   p.loss = loss.mutable_data_ptr();
   p.log_w = lw.mutable_data_ptr();
   p.clipped = clipped.mutable_data_ptr<bool>();
@@ -123,7 +100,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   p.sample_n = sample_n;
   const cudaError_t err = ctpo_cuda::policy_loss_forward(p, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "ctpo::policy_loss: CUDA kernel launch failed: ", cudaGetErrorString(err));
-  if (sample_n > ctpo_cuda::kMaxKernelSample) large_sample_quantiles(sample_v, sample_m, lw, in.mask, q);
   return {loss, row_loss, lw, clipped, bits, stats, totals, q};
 }
 

@@ -94,8 +94,7 @@ def test_op_cuda_equals_cpu(cuda_ext, dtype, ratio):
         for adv_shape, weights in (("row", False), ("token", True)):
             logp, old, adv2, mask, w = op_inputs(B, T, dtype, seed=k, adv_shape=adv_shape, weights=weights)
             for lower, upper, dual, power in windows:
-                stride = ctpo.quantile_stride(B, T)
-                args = (ctpo_ext.RATIO_CODES[ratio], lower, upper, dual, power, 20.0, 10.0, stride)
+                args = (ctpo_ext.RATIO_CODES[ratio], lower, upper, dual, power, 20.0, 10.0)
                 out_c = torch.ops.ctpo.policy_loss(logp, old, adv2, mask, w, *args)
                 cu = [x.cuda() if x is not None else None for x in (logp, old, adv2, mask, w)]
                 if adv_shape == "row":
@@ -110,7 +109,7 @@ def test_op_backward_cuda_equals_cpu(cuda_ext, dtype):
     """The backward op for every upstream gradient form: per-token, per-row (a broadcast too), both, none."""
     B, T = 5, 333
     logp, old, adv2, mask, w = op_inputs(B, T, dtype, seed=3, adv_shape="row", weights=True)
-    args = (3, -0.025, 0.05, 0.05, 0.5, 20.0, 10.0, 1)
+    args = (3, -0.025, 0.05, 0.05, 0.5, 20.0, 10.0)
     out_c = torch.ops.ctpo.policy_loss(logp, old, adv2, mask, w, *args)
     out_g = torch.ops.ctpo.policy_loss(*(x.cuda() for x in (logp, old, adv2, mask, w)), *args)
     compute = out_c[0].dtype
@@ -244,46 +243,23 @@ def test_bad_values_raise_naming_the_input_on_cuda(cuda_ext):
 
 
 def test_quantile_fallback_of_a_sparse_mask_on_cuda(cuda_ext):
-    """No mask token at the strided sample positions: the GPU takes the first mask tokens in flat order, as the CPU."""
+    """No mask token at the sampled positions: the GPU takes the first mask tokens in flat order, as the CPU."""
     B, T = 100, 1000
-    logp, old, mask, s, g = sparse_mask_inputs(B, T)
+    logp, old, mask, g = sparse_mask_inputs(B, T)
     adv = torch.randn(B, generator=g)
     for ratio in range(5):
-        args = (None, ratio, -0.025, 0.05, 0.05, 0.5, 20.0, 10.0, s)
+        args = (None, ratio, -0.025, 0.05, 0.05, 0.5, 20.0, 10.0)
         out_c = torch.ops.ctpo.policy_loss(logp, old, adv[:, None].expand(B, T), mask, *args)
         out_g = torch.ops.ctpo.policy_loss(logp.cuda(), old.cuda(), adv.cuda()[:, None].expand(B, T), mask.cuda(), *args)
         assert_ops_agree(out_c, out_g, mask, torch.float32)
         assert torch.unique(out_g[7]).numel() > 1  # the quantiles come from the fallback tokens, not zeros
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
-@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "sparse-mask"])
-def test_quantile_sample_larger_than_one_block_sorts(cuda_ext, sparse, dtype):
-    """An explicit sample_stride giving more than 4096 positions (stride 1: exact quantiles of a large batch): the
-    GPU sorts it outside the kernel, with the CPU op's rule; with a mask the stride misses, the first 4096 tokens."""
-    B, T = 5, 4001  # 20005 positions
-    logp, old, adv, mask, w = make(B, T, seed=70, scale=0.3, weights=True)
-    logp, old, adv, w = logp.to(dtype), old.to(dtype), adv.to(dtype), w.to(dtype)
-    stride = 2 if sparse else 1
-    if sparse:  # mask tokens only at odd flat positions: the stride-2 sample (even positions) holds none
-        flat = torch.zeros(B * T, dtype=torch.bool)
-        flat[1::2] = True
-        mask = flat.view(B, T) & mask
-    for ratio in range(5):
-        args = (ratio, -0.025, 0.05, 0.05, 0.5, 20.0, 10.0, stride)
-        out_c = torch.ops.ctpo.policy_loss(logp, old, adv[:, None].expand(B, T), mask, w, *args)
-        out_g = torch.ops.ctpo.policy_loss(logp.cuda(), old.cuda(), adv.cuda()[:, None].expand(B, T), mask.cuda(), w.cuda(), *args)
-        assert_ops_agree(out_c, out_g, mask, dtype)
-        lw = out_g[2].cpu()[mask].sort().values if not sparse else out_g[2].cpu()[mask][:4096].sort().values
-        for k, q in enumerate(ctpo_ext.QUANTILES):
-            assert out_g[7][k].item() == lw[max(1, math.ceil(q / 100 * lw.numel())) - 1].item()
-
-
 def test_many_rows_exact_quantile_sample(cuda_ext):
-    """B * T <= 4096 with stride 1: the quantiles are exact nearest-rank ones of every mask token's log w."""
+    """B * T <= 4096: the quantiles are exact nearest-rank ones of every mask token's log w."""
     logp, old, adv, mask, _ = make(16, 256, seed=50, scale=0.3)
     out = torch.ops.ctpo.policy_loss(logp.cuda(), old.cuda(), adv.cuda()[:, None].expand(16, 256), mask.cuda(), None,
-                                     3, -0.025, 0.05, 0.05, 0.5, 20.0, 10.0, 1)  # fmt: skip
+                                     3, -0.025, 0.05, 0.05, 0.5, 20.0, 10.0)  # fmt: skip
     lw = out[2].cpu()[mask].sort().values
     for k, q in enumerate(ctpo_ext.QUANTILES):
         assert out[7][k].item() == lw[max(1, math.ceil(q / 100 * lw.numel())) - 1].item()
@@ -325,10 +301,10 @@ def test_opcheck_cuda(cuda_ext):
             (logp, old, torch.randn(3, 40, dtype=torch.float64, device="cuda"), w),
             (logp.bfloat16(), old.float(), adv.float()[:, None].expand(3, 40), w.float()),
         ):
-            args = (lp.clone().requires_grad_(), ol, a, mask, rw, ratio, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, 7)
+            args = (lp.clone().requires_grad_(), ol, a, mask, rw, ratio, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0)
             torch.library.opcheck(torch.ops.ctpo.policy_loss.default, args)
     out = torch.ops.ctpo.policy_loss(logp.float(), old.float(), adv.float()[:, None].expand(3, 40), mask, None, 3, -0.1, 0.1, 0.2, 0.5,
-                                     20.0, 10.0, 1)  # fmt: skip
+                                     20.0, 10.0)  # fmt: skip
     for dt in (torch.float32, torch.bfloat16, torch.float64):
         for g_tok, g_row in ((torch.randn(3, 40, device="cuda"), None), (None, torch.randn(3, device="cuda")), (None, None)):
             torch.library.opcheck(torch.ops.ctpo.policy_loss_backward.default, (g_tok, g_row, out[0], out[4], dt))
@@ -357,7 +333,7 @@ def test_non_contiguous_and_non_default_stream(cuda_ext):
     sliced = [x[:, :500] for x in big]  # row stride 1000
     assert not sliced[0].is_contiguous()
     adv_t = adv.t().contiguous().cuda().t()  # column-major: stride (1, 6)
-    args = (3, -0.025, 0.05, 0.05, 0.5, 20.0, 10.0, 1)
+    args = (3, -0.025, 0.05, 0.05, 0.5, 20.0, 10.0)
     ref = torch.ops.ctpo.policy_loss(*(x.cuda() for x in (logp, old, adv, mask, w)), *args)
     got = torch.ops.ctpo.policy_loss(sliced[0], sliced[1], adv_t, sliced[3], sliced[4], *args)
     s = torch.cuda.Stream()

@@ -280,9 +280,9 @@ def test_opcheck(ext):
             (logp.double(), old.double(), torch.randn(3, 40, dtype=torch.float64), rw.double()),
             (logp.bfloat16(), old.float(), adv[:, None].expand_as(logp), rw),
         ):
-            args = (lp.clone().requires_grad_(), ol, a, mask, w, ratio, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, 7)
+            args = (lp.clone().requires_grad_(), ol, a, mask, w, ratio, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0)
             torch.library.opcheck(torch.ops.ctpo.policy_loss.default, args)
-    out = torch.ops.ctpo.policy_loss(logp, old, adv[:, None].expand_as(logp), mask, None, 3, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, 1)
+    out = torch.ops.ctpo.policy_loss(logp, old, adv[:, None].expand_as(logp), mask, None, 3, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0)
     loss, bits = out[0], out[4]
     assert bits.shape == (3, ctpo_ext.pass_bits_bytes(40)) and bits.dtype == torch.uint8
     for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
@@ -422,7 +422,7 @@ def test_cpp_errors_reach_python_cpu_and_cuda(ext):
         "    x = torch.zeros(2, 3, device=dev)\n"
         "    m = torch.ones(2, 3, dtype=torch.bool, device=dev)\n"
         "    try:\n"
-        "        torch.ops.ctpo.policy_loss(x, x, x, m, None, 9, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, 1)\n"
+        "        torch.ops.ctpo.policy_loss(x, x, x, m, None, 9, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0)\n"
         "    except ValueError as e:\n"
         "        assert 'ratio' in str(e), e\n"
         "        print('raised on', dev)\n"
@@ -463,24 +463,21 @@ def test_errors_name_the_argument(ext):
         (dict(delta_max=0.0), ValueError, "delta_max"),
         (dict(log_w_max=-1.0), ValueError, "log_w_max"),
         (dict(log_w_max=float("nan")), ValueError, "log_w_max"),
-        (dict(sample_stride=0), ValueError, "sample_stride"),
-        (dict(sample_stride=2.5), TypeError, "sample_stride"),
-        (dict(sample_stride="2"), TypeError, "sample_stride"),
         (dict(upper=torch.ones(2)), TypeError, "upper"),
     ]
     for kw, exc, name in op_cases:
         with pytest.raises(exc, match=name):
             ctpo_ext.policy_loss_op(logp, old, adv2, mask, **kw)
-    # ... and takes any real number as the op's scalars: numpy scalars, one-element tensors, an integral float stride
-    ref = ctpo_ext.policy_loss_op(logp, old, adv2, mask, lower=-0.025, power=0.5, sample_stride=2)
-    for kw in (dict(lower=np.float32(-0.025), power=np.float64(0.5), sample_stride=np.int64(2)),
-               dict(lower=torch.tensor(-0.025, dtype=torch.float64), power=torch.tensor(0.5), sample_stride=2.0)):  # fmt: skip
+    # ... and takes any real number as the op's scalars: numpy scalars, one-element tensors
+    ref = ctpo_ext.policy_loss_op(logp, old, adv2, mask, lower=-0.025, power=0.5)
+    for kw in (dict(lower=np.float32(-0.025), power=np.float64(0.5)),
+               dict(lower=torch.tensor(-0.025, dtype=torch.float64), power=torch.tensor(0.5))):  # fmt: skip
         got = ctpo_ext.policy_loss_op(logp, old, adv2, mask, **kw)
         for a, b in zip(got, ref):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=0)  # np.float32(-0.025) is -0.025 to float32 precision
     # the raw op checks too (ValueError / TypeError from C++)
     op = torch.ops.ctpo.policy_loss
-    rest = (3, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, 1)
+    rest = (3, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0)
     with pytest.raises(ValueError, match="mask"):
         op(logp, old, adv2, mask[:, :4], None, *rest)
     with pytest.raises(TypeError, match="logp"):
@@ -489,8 +486,6 @@ def test_errors_name_the_argument(ext):
         op(logp, old, adv2, mask, torch.ones(2, 4), *rest)
     with pytest.raises(ValueError, match="ratio"):
         op(logp, old, adv2, mask, None, 5, *rest[1:])
-    with pytest.raises(ValueError, match="sample_stride"):
-        op(logp, old, adv2, mask, None, *rest[:-1], 0)
     bits = torch.zeros(2, 4, dtype=torch.uint8)
     bwd = torch.ops.ctpo.policy_loss_backward
     with pytest.raises(ValueError, match="grad_loss"):

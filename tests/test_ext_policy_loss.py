@@ -22,8 +22,8 @@ COUNTS = ("n_tokens", "n_clip_high", "n_clip_low", "n_clip_dual")
 def make(B, T, seed=0, scale=0.1, holes=True, adv_shape="row", weights=False):
     """float64 inputs: variable lengths, tool-output holes, a full row, an empty row, a zero advantage."""
     g = torch.Generator().manual_seed(seed)
-    logp = -1.0 + scale * torch.randn(B, T, generator=g, dtype=torch.float64)
-    old = logp + scale * torch.randn(B, T, generator=g, dtype=torch.float64)
+    logp = (-1.0 + scale * torch.randn(B, T, generator=g, dtype=torch.float64)).clamp(max=0)  # log-probs: <= 0
+    old = (logp + scale * torch.randn(B, T, generator=g, dtype=torch.float64)).clamp(max=0)
     lens = torch.randint(0, T + 1, (B,), generator=g)
     mask = torch.arange(T)[None, :] < lens[:, None]
     if holes:
@@ -179,9 +179,10 @@ def test_values_exactly_on_each_bound(cpu_path, method, dtype):
     delta = torch.cat([b, beyond])[:, None]  # (6, 1)
     adv = torch.tensor([1.0, -1.0, -1.0, 1.0, -1.0, -1.0], dtype=dtype)
     mask = torch.ones(6, 1, dtype=torch.bool)
-    old = torch.zeros(6, 1, dtype=dtype)
-    l_p, g_p, m_p = run("python", delta, old, adv, mask, method=method, agg="token-sum", **knobs)
-    l_e, g_e, m_e = run("ext", delta, old, adv, mask, method=method, agg="token-sum", **knobs)
+    old = (-delta).clamp(max=0)  # one of logp, old_logp is 0: logp - old_logp is delta bit for bit, both <= 0
+    logp = delta.clamp(max=0)
+    l_p, g_p, m_p = run("python", logp, old, adv, mask, method=method, agg="token-sum", **knobs)
+    l_e, g_e, m_e = run("ext", logp, old, adv, mask, method=method, agg="token-sum", **knobs)
     assert (g_p[:3] != 0).all() and (g_p[3:] == 0).all()  # the reference's own semantics
     assert torch.equal(g_e == 0, g_p == 0)
     torch.testing.assert_close(g_e, g_p, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=0)
@@ -193,8 +194,8 @@ def test_log_w_max_edge(cpu_path):
     delta = torch.tensor([[0.25, 0.25, 0.25]])  # cumulative: 0.25, 0.5, 0.75
     for method in ("ctpo-fixed", "sequence"):
         kw = dict(log_w_max=0.5, clip_low=2.0, clip_high=2.0, clip_c=2.0) if method == "ctpo-fixed" else dict(log_w_max=0.75, eps_high=5.0)
-        l_p, g_p, m_p = run("python", delta, torch.zeros(1, 3), torch.ones(1), torch.ones(1, 3, dtype=torch.bool), method=method, **kw)
-        l_e, g_e, m_e = run("ext", delta, torch.zeros(1, 3), torch.ones(1), torch.ones(1, 3, dtype=torch.bool), method=method, **kw)
+        l_p, g_p, m_p = run("python", delta - 1, -torch.ones(1, 3), torch.ones(1), torch.ones(1, 3, dtype=torch.bool), method=method, **kw)
+        l_e, g_e, m_e = run("ext", delta - 1, -torch.ones(1, 3), torch.ones(1), torch.ones(1, 3, dtype=torch.bool), method=method, **kw)
         assert torch.equal(g_e == 0, g_p == 0) and torch.equal(m_e["log_w"], m_p["log_w"])
         torch.testing.assert_close(g_e, g_p)
     assert (g_p != 0).all()  # sequence: log w = 0.75 == log_w_max on every token
@@ -233,11 +234,19 @@ def test_quantiles_of_a_large_batch_within_the_stated_rank_error(ext, method):
         assert abs(rank - q / 100) < 0.03, (q, rank)
 
 
-def test_quantile_stride_visits_every_position():
-    for B, T in ((4096, 256), (1000, 4096), (3, 7), (1, 1)):
-        s = ctpo.quantile_stride(B, T)
-        positions = torch.arange(0, B * T, s) % T
-        assert len(set(positions.tolist())) == min(T, len(positions)), (B, T, s)
+def test_quantile_sample_spreads_over_rows_and_positions():
+    """Every position up to 4096; beyond, every row's samples spread over its positions, whatever T divides."""
+    for B, T in ((3, 7), (1, 1), (16, 256), (0, 5)):
+        pos, valid = ctpo.quantile_sample(B, T)
+        assert pos[valid].tolist() == list(range(B * T))
+    for B, T in ((4096, 256), (256, 4096), (1000, 4096), (2, 65536), (64, 8192)):
+        pos, valid = ctpo.quantile_sample(B, T)
+        assert valid.all() and pos.unique().numel() == 4096 and int(pos.max()) < B * T
+        rows, cols = pos // T, pos % T
+        assert rows.unique().numel() == min(B, 4096)
+        per_row = 4096 // min(B, 4096)
+        hist = torch.histc(cols.double(), bins=min(per_row, 16), min=0, max=T)  # columns evenly covered
+        assert hist.min() >= 0.5 * hist.mean(), (B, T, hist)
 
 
 # -----------------------------------------------------------------------------
@@ -256,7 +265,7 @@ def test_bad_values_raise_naming_the_input(ext, method):
                 ctpo.policy_loss(args["logp"], args["old_logp"], args["advantages"], mask, method=method, backend=backend,
                                  rollout_is_weights=args["rollout_is_weights"])  # fmt: skip
         args[name][~mask] = float("nan")  # ... while junk at mask=0 positions is ignored
-        args[name][i, j] = 0.5
+        args[name][i, j] = -0.5 if name in ("logp", "old_logp") else 0.5  # valid again
         ctpo.policy_loss(args["logp"], args["old_logp"], args["advantages"], mask, method=method, backend="ext",
                          rollout_is_weights=args["rollout_is_weights"])  # fmt: skip
     adv_row = adv.clone()
@@ -346,20 +355,21 @@ def test_cuda_arch_decision(monkeypatch):
 
 
 def sparse_mask_inputs(B=100, T=1000):
-    """(logp, old_logp, mask, s, g): 5 mask tokens, none at a multiple of the quantile stride s, and the generator."""
-    s = ctpo.quantile_stride(B, T)
-    assert s > 1
+    """(logp, old_logp, mask, g): 5 mask tokens, none at a position of the quantile sample, and the generator."""
+    sampled = torch.zeros(B * T, dtype=torch.bool)
+    sampled[ctpo.quantile_sample(B, T)[0]] = True
+    free = (~sampled).nonzero().squeeze(1)
     mask = torch.zeros(B * T, dtype=torch.bool)
-    mask[torch.tensor([1, 2, 5 * s + 3, 40 * s + 1, 77 * s + 2])] = True  # never a multiple of s
+    mask[free[torch.tensor([0, 1, 500, 4000, 9000])]] = True
     g = torch.Generator().manual_seed(33)
     logp = -1.0 + 0.3 * torch.randn(B, T, generator=g)
-    return logp, logp + 0.3 * torch.randn(B, T, generator=g), mask.view(B, T), s, g
+    return logp, logp + 0.3 * torch.randn(B, T, generator=g), mask.view(B, T), g
 
 
 def test_quantiles_of_a_sparse_mask_the_stride_misses(ext):
     """No mask token at the sampled positions: both backends fall back to the first 4096 mask tokens."""
     B, T = 100, 1000
-    logp, old, mask, s, g = sparse_mask_inputs(B, T)
+    logp, old, mask, g = sparse_mask_inputs(B, T)
     for method in ("grpo", "ctpo"):
         _, m_p = ctpo.policy_loss(logp, old, torch.randn(B, generator=g), mask, method=method)
         _, m_e = ctpo.policy_loss(logp, old, torch.randn(B, generator=g), mask, method=method, backend="ext")
