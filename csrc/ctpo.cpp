@@ -236,10 +236,9 @@ struct RowIO {
   const C* At;  // per-token advantages, or nullptr: A_row for the whole row
   C A_row;
   const C* rw;  // rollout weights (compute dtype, unit stride) or nullptr
-  C* loss;
+  C* grad;  // d loss_t / d logp_t before the aggregation's row scale: loss_t where the gradient passes, else 0
   C* lwo;
   bool* clipped;
-  uint8_t* bits;
   double* st;  // kNumStats doubles
   double loss_sum;
 };
@@ -322,7 +321,6 @@ static void row_scalar(RowIO<C>& r, int64_t T, const C* s_tab, const Knobs& k) {
   C mn = inf, mx = -inf;
   double max_lp = -std::numeric_limits<double>::infinity(), max_ol = max_lp;
   bool bad_d = false, bad_a = false, bad_r = false;
-  unsigned byte = 0;
   for (int64_t j = 0; j < T; ++j) {
     const C d = static_cast<C>(lp[j]) - static_cast<C>(ol[j]);
     const C dc = clamp_like_torch(d, ndm, dm);
@@ -364,16 +362,11 @@ static void row_scalar(RowIO<C>& r, int64_t T, const C* s_tab, const Knobs& k) {
       bad_r = bad_r || (mj && !(w8 >= C(0) && w8 < inf));
     }
     l = mj ? l : C(0);
-    r.loss[j] = l;
     r.lwo[j] = lw;
     const bool clip = mj && (high || low || dual);
     r.clipped[j] = clip;
     const bool pass = mj && !(high || low || dual) && glw && A != C(0);
-    byte |= static_cast<unsigned>(pass) << (j & 7);
-    if ((j & 7) == 7 || j == T - 1) {
-      r.bits[j >> 3] = static_cast<uint8_t>(byte);
-      byte = 0;
-    }
+    r.grad[j] = pass ? l : C(0);  // exactly 0 where no gradient passes (as torch.where)
     if (mj) {
       nh += high;
       nl += low;
@@ -526,8 +519,7 @@ static inline void acc_pd(__m512d& a0, __m512d& a1, __m512 x) {
 template <typename IL, typename IO, int MODE, int RATIO, bool TAIL, bool FULL>
 static inline __attribute__((always_inline)) void block_math(const IL* lp, const IO* ol, __mmask16 mk, const float* At, const float* rw,
                                                              __m512 negA, __mmask16 tail, __m512 row_v, const float* s_tab,
-                                                             const RowConsts& K, RowAcc& acc, float* loss, float* lwo, bool* clipped,
-                                                             uint8_t* bits) {
+                                                             const RowConsts& K, RowAcc& acc, float* grad, float* lwo, bool* clipped) {
   const __m512 lpv = TAIL ? load16<IL>(lp, tail) : load16<IL>(lp);
   const __m512 olv = TAIL ? load16<IO>(ol, tail) : load16<IO>(ol);
   const __m512 d = _mm512_sub_ps(lpv, olv);
@@ -613,16 +605,16 @@ static inline __attribute__((always_inline)) void block_math(const IL* lp, const
   const __mmask16 pass = static_cast<__mmask16>(~(clip | zeroA)) & glw & mk;
   if (!FULL) l = _mm512_maskz_mov_ps(mk, l);
   const __m128i cl = _mm_maskz_mov_epi8(clip, _mm_set1_epi8(1));
+  const __m512 g = _mm512_maskz_mov_ps(pass, l);  // exactly 0 where no gradient passes
   if (TAIL) {
-    _mm512_mask_storeu_ps(loss, tail, l);
+    _mm512_mask_storeu_ps(grad, tail, g);
     _mm512_mask_storeu_ps(lwo, tail, lw);
     _mm_mask_storeu_epi8(clipped, tail, cl);
   } else {
-    _mm512_storeu_ps(loss, l);
+    _mm512_storeu_ps(grad, g);
     _mm512_storeu_ps(lwo, lw);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(clipped), cl);
   }
-  std::memcpy(bits, &pass, 2);
   // statistics
   acc.nh += _mm_popcnt_u32(high);
   acc.nl += _mm_popcnt_u32(low);
@@ -637,25 +629,23 @@ static inline __attribute__((always_inline)) void block_math(const IL* lp, const
 template <typename IL, typename IO, int MODE, int RATIO, bool TAIL>
 static inline __attribute__((always_inline)) void block_avx512(const IL* lp, const IO* ol, const bool* m, const float* At, const float* rw,
                                                                __m512 negA_row, __mmask16 tail, __m512 row_v, const float* s_tab,
-                                                               const RowConsts& K, RowAcc& acc, float* loss, float* lwo, bool* clipped,
-                                                               uint8_t* bits) {
+                                                               const RowConsts& K, RowAcc& acc, float* grad, float* lwo, bool* clipped) {
   const __m128i mb = TAIL ? _mm_maskz_loadu_epi8(tail, m) : _mm_loadu_si128(reinterpret_cast<const __m128i*>(m));
   const __mmask16 mk = _mm_test_epi8_mask(mb, mb);
   if (mk == 0) {  // padding / tool output: nothing advances, constant outputs
     if (TAIL) {
-      _mm512_mask_storeu_ps(loss, tail, K.zero);
+      _mm512_mask_storeu_ps(grad, tail, K.zero);
       _mm512_mask_storeu_ps(lwo, tail, K.lw_masked);
       _mm_mask_storeu_epi8(clipped, tail, _mm_setzero_si128());
     } else {
-      _mm512_storeu_ps(loss, K.zero);
+      _mm512_storeu_ps(grad, K.zero);
       _mm512_storeu_ps(lwo, K.lw_masked);
       _mm_storeu_si128(reinterpret_cast<__m128i*>(clipped), _mm_setzero_si128());
     }
-    bits[0] = bits[1] = 0;
   } else if (!TAIL && mk == 0xFFFF) {
-    block_math<IL, IO, MODE, RATIO, false, true>(lp, ol, mk, At, rw, negA_row, tail, row_v, s_tab, K, acc, loss, lwo, clipped, bits);
+    block_math<IL, IO, MODE, RATIO, false, true>(lp, ol, mk, At, rw, negA_row, tail, row_v, s_tab, K, acc, grad, lwo, clipped);
   } else {
-    block_math<IL, IO, MODE, RATIO, TAIL, false>(lp, ol, mk, At, rw, negA_row, tail, row_v, s_tab, K, acc, loss, lwo, clipped, bits);
+    block_math<IL, IO, MODE, RATIO, TAIL, false>(lp, ol, mk, At, rw, negA_row, tail, row_v, s_tab, K, acc, grad, lwo, clipped);
   }
 }
 
@@ -692,12 +682,12 @@ static void row_avx512(RowIO<float>& r, int64_t T, const float* s_tab, const Row
   int64_t j = 0;
   for (; j + 16 <= T; j += 16) {
     block_avx512<IL, IO, MODE, RATIO, false>(lp + j, ol + j, r.m + j, MODE == 0 ? r.At + j : nullptr, r.rw ? r.rw + j : nullptr, negA_row,
-                                             0xFFFF, row_v, s_tab, K, acc, r.loss + j, r.lwo + j, r.clipped + j, r.bits + j / 8);
+                                             0xFFFF, row_v, s_tab, K, acc, r.grad + j, r.lwo + j, r.clipped + j);
   }
   if (j < T) {
     const __mmask16 tail = static_cast<__mmask16>((1u << (T - j)) - 1u);
     block_avx512<IL, IO, MODE, RATIO, true>(lp + j, ol + j, r.m + j, MODE == 0 ? r.At + j : nullptr, r.rw ? r.rw + j : nullptr, negA_row,
-                                            tail, row_v, s_tab, K, acc, r.loss + j, r.lwo + j, r.clipped + j, r.bits + j / 8);
+                                            tail, row_v, s_tab, K, acc, r.grad + j, r.lwo + j, r.clipped + j);
   }
   write_row_stats<IL, IO>(r.st, acc.n, acc.nh, acc.nl, acc.nd, acc.nc, _mm512_reduce_add_pd(_mm512_add_pd(acc.sw0, acc.sw1)),
                          static_cast<double>(_mm512_reduce_min_ps(acc.vmin)), static_cast<double>(_mm512_reduce_max_ps(acc.vmax)),
@@ -717,6 +707,32 @@ static void row_avx512_ratio(RowIO<float>& r, int64_t T, const float* s_tab, con
     }
     default: return row_avx512<IL, IO, MODE, 2>(r, T, s_tab, K, 0.0f);
   }
+}
+
+template <typename IL, typename IO>
+static void row_avx512_any(RowIO<float>& r, int64_t T, const float* s_tab, const RowConsts& K, int ratio, bool adv_rowwise) {
+  if (!adv_rowwise) row_avx512_ratio<IL, IO, 0>(r, T, s_tab, K, ratio);
+  else if (r.A_row > 0) row_avx512_ratio<IL, IO, 1>(r, T, s_tab, K, ratio);
+  else if (r.A_row < 0) row_avx512_ratio<IL, IO, 2>(r, T, s_tab, K, ratio);
+  else row_avx512_ratio<IL, IO, 3>(r, T, s_tab, K, ratio);
+}
+
+static RowConsts row_consts(const Knobs& k) {
+  RowConsts K;
+  K.dm = _mm512_set1_ps(static_cast<float>(k.delta_max));
+  K.ndm = _mm512_set1_ps(-static_cast<float>(k.delta_max));
+  K.lwm = _mm512_set1_ps(static_cast<float>(k.log_w_max));
+  K.clo = _mm512_set1_ps(static_cast<float>(k.lower));
+  K.chi = _mm512_set1_ps(static_cast<float>(k.upper));
+  K.cc = _mm512_set1_ps(static_cast<float>(k.dual));
+  K.zero = _mm512_setzero_ps();
+  K.pinf = _mm512_set1_ps(INFINITY);
+  K.ninf = _mm512_set1_ps(-INFINITY);
+  const float lwm = static_cast<float>(k.log_w_max);
+  K.lw_masked = _mm512_set1_ps(0.0f > lwm ? lwm : 0.0f);
+  K.geomean = k.ratio == kCumulativeGeomean;
+  K.const_window = k.power == 0.0;
+  return K;
 }
 
 #endif  // CTPO_HAVE_AVX512
@@ -855,15 +871,12 @@ static void row_vec(RowIO<float>& r, int64_t T, const float* s_tab, const Knobs&
   double sum_w = 0.0, lsum = 0.0;
   VecF vmin = pinf, vmax = ninf, vmax_lp = ninf, vmax_ol = ninf;
   bool bad_d = false, bad_a = false, bad_r = false;
-  uint64_t word = 0;  // pass bits, flushed 8 bytes at a time (kW divides 64)
-  int used = 0;
   for (int64_t j = 0; j < T; j += kW) {
     const int64_t cnt = std::min<int64_t>(kW, T - j);
     const int ci = static_cast<int>(cnt);
     const int kind = mask_kind(m + j, cnt);
-    uint64_t pass_bits = 0;
     if (kind == 0) {  // padding / tool output: nothing advances
-      zero.store(r.loss + j, ci);
+      zero.store(r.grad + j, ci);
       lw_masked.store(r.lwo + j, ci);
       std::memset(r.clipped + j, 0, static_cast<size_t>(cnt));
     } else {
@@ -916,7 +929,7 @@ static void row_vec(RowIO<float>& r, int64_t T, const float* s_tab, const Knobs&
       sel = select(zeroA, zero, sel);
       const VecF clip = high | low | dual;
       const VecF e = sel.exp();
-      const unsigned clip_bits = lanes_set(clip, cnt), zero_bits = lanes_set(zeroA, cnt), mk_bits = lanes_set(mk, cnt);
+      const unsigned clip_bits = lanes_set(clip, cnt), zero_bits = lanes_set(zeroA, cnt);
       const VecF w = (clip_bits | zero_bits) ? lw.exp() : e;
       VecF l = negA * e;
       if (r.rw != nullptr) {
@@ -926,15 +939,15 @@ static void row_vec(RowIO<float>& r, int64_t T, const float* s_tab, const Knobs&
       }
       l = l & mk;
       const VecF pass = VecF::blendv(VecF::blendv(glw & mk, zero, clip), zero, zeroA);  // all-ones where the gradient passes
+      const VecF g = l & pass;  // exactly 0 where no gradient passes
       if (ci == kW) {
-        l.store(r.loss + j);
+        g.store(r.grad + j);
         lw.store(r.lwo + j);
       } else {
-        l.store(r.loss + j, ci);
+        g.store(r.grad + j, ci);
         lw.store(r.lwo + j, ci);
       }
       for (int q = 0; q < ci; ++q) r.clipped[j + q] = (clip_bits >> q) & 1u;
-      pass_bits = lanes_set(pass, cnt);
       nh += __builtin_popcount(lanes_set(high, cnt));
       nl += __builtin_popcount(lanes_set(low, cnt));
       nd += __builtin_popcount(lanes_set(dual, cnt));
@@ -946,17 +959,8 @@ static void row_vec(RowIO<float>& r, int64_t T, const float* s_tab, const Knobs&
         sum_w += static_cast<double>(wv[q]);
         lsum += static_cast<double>(lv[q]);
       }
-      (void)mk_bits;
       vmin = select(mk, at::vec::minimum(vmin, lw), vmin);
       vmax = select(mk, at::vec::maximum(vmax, lw), vmax);
-    }
-    word |= pass_bits << used;
-    used += kW;
-    if (used == 64 || j + kW >= T) {
-      const int64_t first = (j + kW - used) / 8, nbytes = std::min<int64_t>(used / 8, (T + 7) / 8 - first);
-      std::memcpy(r.bits + first, &word, static_cast<size_t>(nbytes));
-      word = 0;
-      used = 0;
     }
   }
   float mnv[kW], mxv[kW];
@@ -997,27 +1001,27 @@ static double read_as_double(const at::Tensor& x, int64_t offset_elems) {
   }
 }
 
-// nearest-rank quantiles (k = max(1, ceil(q / 100 * n)), as ctpo.loss_metrics) of the sampled mask tokens' log w
+// nearest-rank quantiles (k = max(1, ceil(q n / 100)), as ctpo.log_w_quantiles) of the sampled mask tokens' log w
 template <typename C>
-static void quantiles(std::vector<C>& vals, C* out) {
+static void quantiles(std::vector<C>& vals, double* out) {
   const int64_t qs[3] = {10, 50, 90};
   for (int i = 0; i < 3; ++i) {
     if (vals.empty()) {
-      out[i] = C(0);  // no tokens: the on-policy log w
+      out[i] = 0.0;  // no tokens: the on-policy log w
       continue;
     }
     const auto n = static_cast<int64_t>(vals.size());
     const int64_t kth = std::max<int64_t>(1, (qs[i] * n + 99) / 100);  // ceil(q n / 100), in integers
     std::nth_element(vals.begin(), vals.begin() + (kth - 1), vals.end());
-    out[i] = vals[kth - 1];
+    out[i] = static_cast<double>(vals[kth - 1]);
   }
 }
 
 struct Outputs {
-  at::Tensor loss, row_loss, log_w, clipped, bits, stats, totals, q;
+  at::Tensor loss, counts, metrics, log_w, clipped, grad, row_scale;
 };
 
-// the batch totals of the (kNumStats, B) per-row statistics, in row order
+// the batch totals of the (kNumStats, B) per-row statistics, in row order (deterministic, whatever the threads)
 static void reduce_totals(const double* st, int64_t B, double* tot) {
   for (int c = 0; c < kNumStats; ++c) {
     const double* x = st + c * B;
@@ -1032,22 +1036,40 @@ static void reduce_totals(const double* st, int64_t B, double* tot) {
   }
 }
 
+// After the rows: the loss (float64 row sums, aggregated in float64, rounded once), each row's gradient scale,
+// the counts, the value checks and the metrics (ctpo_layout.h: the same arithmetic as the CUDA op's).
+template <typename C>
+static void finish(const std::vector<double>& stats, const std::vector<double>& row_loss, const double* q, const AggArgs& a, int64_t B,
+                   Outputs& o) {
+  double tot[kNumStats];
+  reduce_totals(stats.data(), B, tot);
+  double n_seqs = 0.0;
+  for (int64_t i = 0; i < B; ++i) n_seqs += stats[kStatTokens * B + i] > 0 ? 1.0 : 0.0;
+  double d1, d2;
+  agg_denominators(a, tot[kStatTokens], n_seqs, &d1, &d2);
+  double sum = 0.0;
+  C* scale = o.row_scale.mutable_data_ptr<C>();
+  for (int64_t i = 0; i < B; ++i) {
+    const double w = row_weight(a.agg, stats[kStatTokens * B + i]);
+    sum += a.agg == kSeqMeanTokenMean ? row_loss[i] * w : row_loss[i];
+    scale[i] = static_cast<C>(w / d1 / d2);
+  }
+  *o.loss.mutable_data_ptr<C>() = static_cast<C>(sum / d1 / d2);
+  finish_metrics(tot, q, reinterpret_cast<long long*>(o.counts.mutable_data_ptr<int64_t>()), o.metrics.mutable_data_ptr<float>());
+}
+
 template <typename IL, typename IO, typename C>
-static void forward_impl(const Prepared& in, const at::Tensor& rw_t, const Knobs& k, Outputs& o) {
+static void forward_impl(const Prepared& in, const at::Tensor& rw_t, const Knobs& k, const AggArgs& a, Outputs& o) {
   const int64_t B = in.logp.size(0), T = in.logp.size(1);
-  C* qout = o.q.mutable_data_ptr<C>();
+  std::vector<double> stats(static_cast<size_t>(kNumStats * B)), row_loss(static_cast<size_t>(B));
+  double q[3] = {0.0, 0.0, 0.0};
   if (B == 0 || T == 0) {  // rows without tokens: zero sums, empty min / max
-    qout[0] = qout[1] = qout[2] = C(0);
-    double* rl = o.row_loss.mutable_data_ptr<double>();
-    double* st = o.stats.mutable_data_ptr<double>();
     for (int64_t i = 0; i < B; ++i) {
-      rl[i] = 0.0;
-      for (int c = 0; c < kNumStats; ++c) st[c * B + i] = 0.0;
-      st[kStatMinLogW * B + i] = std::numeric_limits<double>::infinity();
-      st[kStatMaxLogW * B + i] = st[kStatMaxLogp * B + i] = st[kStatMaxOldLogp * B + i] = -std::numeric_limits<double>::infinity();
+      for (int c = 0; c < kNumStats; ++c) stats[c * B + i] = 0.0;
+      stats[kStatMinLogW * B + i] = std::numeric_limits<double>::infinity();
+      for (const int c : {kStatMaxLogW, kStatMaxLogp, kStatMaxOldLogp}) stats[c * B + i] = -std::numeric_limits<double>::infinity();
     }
-    reduce_totals(st, B, o.totals.mutable_data_ptr<double>());
-    return;
+    return finish<C>(stats, row_loss, q, a, B, o);
   }
   const auto tab = scale_table(k.power, T);
   const C* s_tab = tab->get(static_cast<C*>(nullptr));
@@ -1059,13 +1081,9 @@ static void forward_impl(const Prepared& in, const at::Tensor& rw_t, const Knobs
   const int64_t As = in.adv.stride(0);
   const C* rw = rw_t.defined() ? rw_t.const_data_ptr<C>() : nullptr;
   const int64_t rws = rw_t.defined() ? rw_t.stride(0) : 0;
-  C* loss = o.loss.mutable_data_ptr<C>();
-  double* row_loss = o.row_loss.mutable_data_ptr<double>();
+  C* grad = o.grad.mutable_data_ptr<C>();
   C* lwo = o.log_w.mutable_data_ptr<C>();
   bool* clipped = o.clipped.mutable_data_ptr<bool>();
-  uint8_t* bits = o.bits.mutable_data_ptr<uint8_t>();
-  double* stats = o.stats.mutable_data_ptr<double>();
-  const int64_t NB = o.bits.size(1), written = (T + 7) / 8;
   // the quantile sample (ctpo_layout.h; each row writes its own slots)
   const int64_t S = sample_slots(B, T);
   std::vector<C> sample_v(static_cast<size_t>(S));
@@ -1073,22 +1091,7 @@ static void forward_impl(const Prepared& in, const at::Tensor& rw_t, const Knobs
   const int path = g_cpu_path.load(std::memory_order_relaxed);
   (void)path;
 #if CTPO_HAVE_AVX512
-  RowConsts K;
-  if constexpr (std::is_same_v<C, float>) {
-    K.dm = _mm512_set1_ps(static_cast<float>(k.delta_max));
-    K.ndm = _mm512_set1_ps(-static_cast<float>(k.delta_max));
-    K.lwm = _mm512_set1_ps(static_cast<float>(k.log_w_max));
-    K.clo = _mm512_set1_ps(static_cast<float>(k.lower));
-    K.chi = _mm512_set1_ps(static_cast<float>(k.upper));
-    K.cc = _mm512_set1_ps(static_cast<float>(k.dual));
-    K.zero = _mm512_setzero_ps();
-    K.pinf = _mm512_set1_ps(INFINITY);
-    K.ninf = _mm512_set1_ps(-INFINITY);
-    const float lwm = static_cast<float>(k.log_w_max);
-    K.lw_masked = _mm512_set1_ps(0.0f > lwm ? lwm : 0.0f);
-    K.geomean = k.ratio == kCumulativeGeomean;
-    K.const_window = k.power == 0.0;
-  }
+  const RowConsts K = row_consts(k);
 #endif
   const int64_t grain = std::max<int64_t>(1, 32768 / T);
   at::parallel_for(0, B, grain, [&](int64_t b0, int64_t b1) {
@@ -1100,22 +1103,17 @@ static void forward_impl(const Prepared& in, const at::Tensor& rw_t, const Knobs
       r.At = At ? At + i * As : nullptr;
       r.A_row = in.adv_rowwise ? static_cast<C>(read_as_double(in.adv, i * As)) : C(0);
       r.rw = rw ? rw + i * rws : nullptr;
-      r.loss = loss + i * T;
+      r.grad = grad + i * T;
       r.lwo = lwo + i * T;
       r.clipped = clipped + i * T;
-      r.bits = bits + i * NB;
       double st_row[kNumStats];
       r.st = st_row;
       r.loss_sum = 0.0;
-      std::memset(r.bits + written, 0, static_cast<size_t>(NB - written));  // pad bytes: deterministic zeros
       bool done = false;
       if constexpr (std::is_same_v<C, float> && !std::is_same_v<IL, double> && !std::is_same_v<IO, double>) {
 #if CTPO_HAVE_AVX512
         if (path == 0) {
-          if (!in.adv_rowwise) row_avx512_ratio<IL, IO, 0>(r, T, s_tab, K, k.ratio);
-          else if (r.A_row > 0) row_avx512_ratio<IL, IO, 1>(r, T, s_tab, K, k.ratio);
-          else if (r.A_row < 0) row_avx512_ratio<IL, IO, 2>(r, T, s_tab, K, k.ratio);
-          else row_avx512_ratio<IL, IO, 3>(r, T, s_tab, K, k.ratio);
+          row_avx512_any<IL, IO>(r, T, s_tab, K, k.ratio, in.adv_rowwise);
           done = true;
         }
 #endif
@@ -1129,92 +1127,76 @@ static void forward_impl(const Prepared& in, const at::Tensor& rw_t, const Knobs
       for (int c = 0; c < kNumStats; ++c) stats[c * B + i] = st_row[c];
       long long q0, q1;
       row_slots(i, B, T, &q0, &q1);
-      for (int64_t q = q0; q < q1; ++q) {
-        const int64_t j = sample_column(q, i, B, T);
-        sample_v[q] = r.lwo[j];
-        sample_m[q] = r.m[j];
+      for (int64_t s = q0; s < q1; ++s) {
+        const int64_t j = sample_column(s, i, B, T);
+        sample_v[s] = r.lwo[j];
+        sample_m[s] = r.m[j];
       }
     }
   });
-  reduce_totals(stats, B, o.totals.mutable_data_ptr<double>());
   // quantiles of log w: the sampled mask tokens; where the sample caught none (a sparse mask), the first
   // kFallbackSample mask tokens in flat order
   std::vector<C> vals;
   vals.reserve(static_cast<size_t>(S));
-  for (int64_t q = 0; q < S; ++q)
-    if (sample_m[q] && !std::isnan(sample_v[q])) vals.push_back(sample_v[q]);
+  for (int64_t s = 0; s < S; ++s)
+    if (sample_m[s] && !std::isnan(sample_v[s])) vals.push_back(sample_v[s]);
   if (vals.empty()) {
     for (int64_t i = 0; i < B && static_cast<int64_t>(vals.size()) < kFallbackSample; ++i)
       for (int64_t j = 0; j < T && static_cast<int64_t>(vals.size()) < kFallbackSample; ++j)
         if (m[i * ms + j] && !std::isnan(lwo[i * T + j])) vals.push_back(lwo[i * T + j]);
   }
-  quantiles<C>(vals, qout);
+  quantiles<C>(vals, q);
+  finish<C>(stats, row_loss, q, a, B, o);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> policy_loss_cpu(
+// ctpo::policy_loss on CPU tensors (the schema below says what each argument and output is)
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> policy_loss_cpu(
     const at::Tensor& logp, const at::Tensor& old_logp, const at::Tensor& adv, const at::Tensor& mask,
     const std::optional<at::Tensor>& rollout_is_weights, int64_t ratio, double lower, double upper, double dual, double power,
-    double delta_max, double log_w_max) {
-  check_inputs(logp, old_logp, adv, mask, rollout_is_weights, ratio, power, delta_max, log_w_max);
+    double delta_max, double log_w_max, int64_t agg, std::optional<double> num_tokens, std::optional<double> num_seqs,
+    std::optional<double> loss_scale_factor) {
+  check_inputs(logp, old_logp, adv, mask, rollout_is_weights, ratio, power, delta_max, log_w_max, agg);
   TORCH_CHECK_VALUE(logp.device().is_cpu(), "ctpo::policy_loss (CPU kernel): logp: expected a CPU tensor, got ", logp.device());
   const Knobs k{static_cast<int>(ratio), lower, upper, dual, power, delta_max, log_w_max};
+  const AggArgs a = agg_args(agg, num_tokens, num_seqs, loss_scale_factor, logp.size(1));
   const Prepared in = prepare_inputs(logp, old_logp, adv, mask);
   const at::Tensor rw = prepare_weights(rollout_is_weights, in.compute);
   const at::ScalarType Lt = logp.scalar_type();
-  const int64_t B = logp.size(0), T = logp.size(1);
+  const int64_t B = logp.size(0);
   Outputs o;
-  o.loss = new_output(logp.sizes(), in.compute);
-  o.row_loss = new_output({B}, at::kDouble);
+  o.loss = at::empty({}, at::TensorOptions().dtype(in.compute));
+  o.counts = at::empty({kNumCounts}, at::TensorOptions().dtype(at::kLong));
+  o.metrics = at::empty({kNumMetrics}, at::TensorOptions().dtype(at::kFloat));
   o.log_w = new_output(logp.sizes(), in.compute);
   o.clipped = new_output(logp.sizes(), at::kBool);
-  o.bits = new_output({B, pass_bits_bytes(T)}, at::kByte);
-  o.stats = new_output({kNumStats, B}, at::kDouble);
-  o.totals = new_output({kNumStats}, at::kDouble);
-  o.q = new_output({3}, in.compute);
+  o.grad = new_output(logp.sizes(), in.compute);
+  o.row_scale = at::empty({B}, at::TensorOptions().dtype(in.compute));
   const bool same = in.old_logp.scalar_type() == Lt;
   switch (Lt) {
-    case at::kFloat: forward_impl<float, float, float>(in, rw, k, o); break;
-    case at::kDouble: forward_impl<double, double, double>(in, rw, k, o); break;
+    case at::kFloat: forward_impl<float, float, float>(in, rw, k, a, o); break;
+    case at::kDouble: forward_impl<double, double, double>(in, rw, k, a, o); break;
     case at::kBFloat16:
-      if (same) forward_impl<BFloat16, BFloat16, float>(in, rw, k, o);
-      else forward_impl<BFloat16, float, float>(in, rw, k, o);
+      if (same) forward_impl<BFloat16, BFloat16, float>(in, rw, k, a, o);
+      else forward_impl<BFloat16, float, float>(in, rw, k, a, o);
       break;
     case at::kHalf:
-      if (same) forward_impl<Half, Half, float>(in, rw, k, o);
-      else forward_impl<Half, float, float>(in, rw, k, o);
+      if (same) forward_impl<Half, Half, float>(in, rw, k, a, o);
+      else forward_impl<Half, float, float>(in, rw, k, a, o);
       break;
     default: TORCH_CHECK(false, "unreachable");
   }
-  return {o.loss, o.row_loss, o.log_w, o.clipped, o.bits, o.stats, o.totals, o.q};
+  return {o.loss, o.counts, o.metrics, o.log_w, o.clipped, o.grad, o.row_scale};
 }
 
 // ---------------------------------------------------------------------------------------------
-// The backward op: grad_logp = pass ? (grad_loss + grad_row_loss[i]) * loss : 0 (exactly 0, as torch.where, even
-// where the incoming gradient is inf or NaN), in logp's dtype. Either incoming gradient may be absent; both are
-// often broadcasts (grad_row_loss from .sum(), grad_loss from a per-row mean): read in place, never materialised.
-
-struct Grad {
-  const void* tok;  // (B, T) compute dtype, strides ts0, ts1 (ts1 = 0: a per-row broadcast), or nullptr
-  int64_t ts0, ts1;
-  const void* row;  // (B,) compute dtype, stride rs (0: a broadcast scalar), or nullptr
-  int64_t rs;
-};
+// The backward op: grad_logp[i, t] = grad_loss * row_scale[i] * grad[i, t] where grad[i, t] != 0, else exactly 0
+// (as torch.where: also where the incoming gradient is inf or NaN), in logp's dtype. One pass.
 
 template <typename O, typename C>
-static void backward_rows_scalar(const Grad& g, const C* loss, const uint8_t* bits, int64_t NB, O* out, int64_t T, int64_t b0,
-                                 int64_t b1) {
-  const C* gt = static_cast<const C*>(g.tok);
-  const C* gr = static_cast<const C*>(g.row);
+static void backward_rows_scalar(C g, const C* scale, const C* grad, O* out, int64_t T, int64_t b0, int64_t b1) {
   for (int64_t i = b0; i < b1; ++i) {
-    const C* lr = loss + i * T;
-    const uint8_t* br = bits + i * NB;
-    O* orow = out + i * T;
-    const C base = gr ? gr[i * g.rs] : C(0);
-    for (int64_t j = 0; j < T; ++j) {
-      const bool pass = (br[j >> 3] >> (j & 7)) & 1;
-      const C gv = gt ? (gr ? gt[i * g.ts0 + j * g.ts1] + base : gt[i * g.ts0 + j * g.ts1]) : base;
-      orow[j] = static_cast<O>(pass ? gv * lr[j] : C(0));
-    }
+    const C s = g * scale[i];
+    for (int64_t j = i * T; j < (i + 1) * T; ++j) out[j] = static_cast<O>(grad[j] != C(0) ? s * grad[j] : C(0));
   }
 }
 
@@ -1238,91 +1220,63 @@ static inline void store16(O* out, __m512 v, __mmask16 k, bool tail) {
 }
 
 template <typename O>
-static void backward_rows_avx512(const Grad& g, const float* loss, const uint8_t* bits, int64_t NB, O* out, int64_t T, int64_t b0, int64_t b1) {
-  const float* gt = static_cast<const float*>(g.tok);
-  const float* gr = static_cast<const float*>(g.row);
+static void backward_rows_avx512(float g, const float* scale, const float* grad, O* out, int64_t T, int64_t b0, int64_t b1) {
   for (int64_t i = b0; i < b1; ++i) {
-    const float* lr = loss + i * T;
-    const uint8_t* br = bits + i * NB;
+    const __m512 s = _mm512_set1_ps(g * scale[i]);
+    const float* gr = grad + i * T;
     O* orow = out + i * T;
-    const float* gti = gt ? gt + i * g.ts0 : nullptr;
-    const __m512 gb = _mm512_set1_ps(gr ? gr[i * g.rs] : 0.0f);
-    const bool tok_dense = gt != nullptr && g.ts1 != 0;
-    const __m512 gtb = _mm512_set1_ps(gt != nullptr && !tok_dense ? gti[0] : 0.0f);
-    const __m512 gconst = gr != nullptr ? (gt != nullptr && !tok_dense ? _mm512_add_ps(gtb, gb) : gb) : gtb;
     for (int64_t j = 0; j < T; j += 16) {
       const bool tail = j + 16 > T;
       const __mmask16 tk = tail ? static_cast<__mmask16>((1u << (T - j)) - 1u) : static_cast<__mmask16>(0xFFFF);
-      uint16_t pb;
-      std::memcpy(&pb, br + j / 8, 2);
-      const __mmask16 pass = static_cast<__mmask16>(pb) & tk;
-      const __m512 l = tail ? _mm512_maskz_loadu_ps(tk, lr + j) : _mm512_loadu_ps(lr + j);
-      __m512 gv = gconst;
-      if (tok_dense) {
-        gv = tail ? _mm512_maskz_loadu_ps(tk, gti + j) : _mm512_loadu_ps(gti + j);
-        if (gr != nullptr) gv = _mm512_add_ps(gv, gb);
-      }
-      store16<O>(orow + j, _mm512_maskz_mul_ps(pass, gv, l), tk, tail);
+      const __m512 x = tail ? _mm512_maskz_loadu_ps(tk, gr + j) : _mm512_loadu_ps(gr + j);
+      const __mmask16 nz = _mm512_cmp_ps_mask(x, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+      store16<O>(orow + j, _mm512_maskz_mul_ps(nz, s, x), tk, tail);
     }
   }
 }
 #endif
 
 template <typename O, typename C>
-static void backward_impl(const Grad& g, const at::Tensor& loss_t, const at::Tensor& bits_t, at::Tensor& out_t) {
-  const int64_t B = loss_t.size(0), T = loss_t.size(1);
+static void backward_impl(C g, const at::Tensor& grad_t, const at::Tensor& scale_t, at::Tensor& out_t) {
+  const int64_t B = grad_t.size(0), T = grad_t.size(1);
   if (B == 0 || T == 0) return;
-  const C* loss = loss_t.const_data_ptr<C>();
-  const uint8_t* bits = bits_t.const_data_ptr<uint8_t>();
-  const int64_t NB = bits_t.size(1);
+  const C* grad = grad_t.const_data_ptr<C>();
+  const C* scale = scale_t.const_data_ptr<C>();
   O* out = out_t.mutable_data_ptr<O>();
   const int path = g_cpu_path.load(std::memory_order_relaxed);
   (void)path;
   at::parallel_for(0, B, std::max<int64_t>(1, 65536 / T), [&](int64_t b0, int64_t b1) {
 #if CTPO_HAVE_AVX512
     if constexpr (std::is_same_v<C, float>) {
-      if (path == 0) return backward_rows_avx512<O>(g, loss, bits, NB, out, T, b0, b1);
+      if (path == 0) return backward_rows_avx512<O>(g, scale, grad, out, T, b0, b1);
     }
 #endif
-    backward_rows_scalar<O, C>(g, loss, bits, NB, out, T, b0, b1);
+    backward_rows_scalar<O, C>(g, scale, grad, out, T, b0, b1);
   });
 }
 
-at::Tensor policy_loss_backward_cpu(const std::optional<at::Tensor>& grad_loss, const std::optional<at::Tensor>& grad_row_loss,
-                                    const at::Tensor& loss, const at::Tensor& pass_bits, at::ScalarType grad_dtype) {
-  check_backward_inputs(grad_loss, grad_row_loss, loss, pass_bits, grad_dtype);
-  TORCH_CHECK_VALUE(loss.device().is_cpu(), "ctpo::policy_loss_backward (CPU kernel): loss: expected a CPU tensor, got ", loss.device());
-  const at::ScalarType Ct = loss.scalar_type();
-  const at::Tensor l = loss.contiguous(), b = pass_bits.contiguous();
-  Grad g{nullptr, 0, 0, nullptr, 0};
-  at::Tensor gt, gr;
-  if (grad_loss.has_value() && grad_loss->defined()) {
-    gt = prepare_grad(*grad_loss, Ct);
-    g.tok = gt.const_data_ptr();
-    g.ts0 = gt.stride(0);
-    g.ts1 = gt.size(1) <= 1 ? 0 : gt.stride(1);
-  }
-  if (grad_row_loss.has_value() && grad_row_loss->defined()) {
-    gr = prepare_grad_row(*grad_row_loss, Ct);
-    g.row = gr.const_data_ptr();
-    g.rs = gr.size(0) <= 1 ? 0 : gr.stride(0);
-  }
-  at::Tensor out = new_output(loss.sizes(), grad_dtype);
-  if (g.tok == nullptr && g.row == nullptr) return out.zero_();
-  if (Ct == at::kDouble) {
+at::Tensor policy_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tensor& grad, const at::Tensor& row_scale,
+                                    at::ScalarType grad_dtype) {
+  check_backward_inputs(grad_loss, grad, row_scale, grad_dtype);
+  TORCH_CHECK_VALUE(grad.device().is_cpu(), "ctpo::policy_loss_backward (CPU kernel): grad: expected a CPU tensor, got ", grad.device());
+  const at::Tensor gr = grad.contiguous(), sc = row_scale.contiguous();
+  at::Tensor out = new_output(grad.sizes(), grad_dtype);
+  if (grad.scalar_type() == at::kDouble) {
+    const double g = grad_loss.item<double>();
     switch (grad_dtype) {
-      case at::kDouble: backward_impl<double, double>(g, l, b, out); break;
-      case at::kFloat: backward_impl<float, double>(g, l, b, out); break;
-      case at::kBFloat16: backward_impl<BFloat16, double>(g, l, b, out); break;
-      case at::kHalf: backward_impl<Half, double>(g, l, b, out); break;
+      case at::kDouble: backward_impl<double, double>(g, gr, sc, out); break;
+      case at::kFloat: backward_impl<float, double>(g, gr, sc, out); break;
+      case at::kBFloat16: backward_impl<BFloat16, double>(g, gr, sc, out); break;
+      case at::kHalf: backward_impl<Half, double>(g, gr, sc, out); break;
       default: TORCH_CHECK(false, "unreachable");
     }
   } else {
+    const float g = grad_loss.to(at::kFloat).item<float>();
     switch (grad_dtype) {
-      case at::kDouble: backward_impl<double, float>(g, l, b, out); break;
-      case at::kFloat: backward_impl<float, float>(g, l, b, out); break;
-      case at::kBFloat16: backward_impl<BFloat16, float>(g, l, b, out); break;
-      case at::kHalf: backward_impl<Half, float>(g, l, b, out); break;
+      case at::kDouble: backward_impl<double, float>(g, gr, sc, out); break;
+      case at::kFloat: backward_impl<float, float>(g, gr, sc, out); break;
+      case at::kBFloat16: backward_impl<BFloat16, float>(g, gr, sc, out); break;
+      case at::kHalf: backward_impl<Half, float>(g, gr, sc, out); break;
       default: TORCH_CHECK(false, "unreachable");
     }
   }
@@ -1337,13 +1291,17 @@ at::Tensor policy_loss_backward_cpu(const std::optional<at::Tensor>& grad_loss, 
 
 TORCH_LIBRARY(ctpo, m) {
   m.set_python_module("ctpo_ext");
+  // loss: the scalar loss (float32, float64 for float64 logp), aggregated by `agg` (ctpo.AGGS order); counts (5,)
+  // int64: mask tokens, clipped high / low / dual, and the value-check bits (ctpo_layout.h Check); metrics (12,)
+  // float32 (ctpo_layout.h Metric); log_w, clipped (B, T); grad (B, T) and row_scale (B,): what the backward
+  // needs, d loss / d logp[i, t] = row_scale[i] * grad[i, t]. num_tokens / num_seqs / loss_scale_factor: None
+  // for the batch's own (mask tokens, rows with tokens, T).
   m.def(
       "policy_loss(Tensor logp, Tensor old_logp, Tensor adv, Tensor mask, Tensor? rollout_is_weights, int ratio, float lower, "
-      "float upper, float dual, float power, float delta_max, float log_w_max) -> (Tensor loss, Tensor row_loss, "
-      "Tensor log_w, Tensor clipped, Tensor pass_bits, Tensor stats, Tensor totals, Tensor log_w_q)");
-  m.def(
-      "policy_loss_backward(Tensor? grad_loss, Tensor? grad_row_loss, Tensor loss, Tensor pass_bits, ScalarType grad_dtype) -> "
-      "Tensor");
+      "float upper, float dual, float power, float delta_max, float log_w_max, int agg, float? num_tokens, float? num_seqs, "
+      "float? loss_scale_factor) -> (Tensor loss, Tensor counts, Tensor metrics, Tensor log_w, Tensor clipped, Tensor grad, "
+      "Tensor row_scale)");
+  m.def("policy_loss_backward(Tensor grad_loss, Tensor grad, Tensor row_scale, ScalarType grad_dtype) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(ctpo, CPU, m) {

@@ -1,7 +1,7 @@
 """ctpo.policy_loss(backend="ext") against backend="python", for every method, aggregation, advantage shape and dtype.
 
-The fused op (torch.ops.ctpo.policy_loss) returns the loss, per-row loss sums and per-row metric partials; the
-Python backend is the reference. float64: equal to 1e-12. float32 / bfloat16: no worse than the Python backend
+The fused op (torch.ops.ctpo.policy_loss) returns the aggregated loss and the metrics; the Python backend is the
+reference. float64: equal to 1e-12. float32 / bfloat16: no worse than the Python backend
 against a float64 computation on the same inputs. Clip counts: identical. Every CPU row kernel of the build
 (AVX-512 where compiled in, at::vec, scalar) is checked.
 """
@@ -293,27 +293,73 @@ def test_no_stop_gradient_is_python_only(ext, monkeypatch):
 @pytest.mark.parametrize("ratio", ["token", "sequence", "gspo", "cumulative"])
 @pytest.mark.parametrize("clip", ["ratio", "adaptive"])
 def test_gradcheck_float64(ext, ratio, clip):
-    """Finite differences see the value, and in the stop-gradient form loss_t also moves with the row's other
-    tokens. So row r's token r is the free variable x_r and the function returns loss[r, r]: for the token,
-    sequence and cumulative ratios d loss[r, r] / d x_r is then exactly the stop-gradient gradient (the
-    ratio moves with x_r by a factor 1); for gspo rows of one token (H = 1) are checked."""
+    """Finite differences see the value, and in the stop-gradient form a token's log w moves with the row's earlier
+    tokens too. So the free variable x_i of row i is its last mask token: for the token and cumulative ratios no
+    other token's value depends on it, and d loss / d x_i is exactly the stop-gradient gradient; for sequence and
+    gspo every row has one token (H = 1). The scalar loss is checked for every aggregation: its row scales too."""
     g = torch.Generator().manual_seed(13)
-    T = 12
-    base = -1.0 + 0.15 * torch.randn(T, generator=g, dtype=torch.float64)
-    old = (base + 0.15 * torch.randn(T, generator=g, dtype=torch.float64))[None].expand(T, T).contiguous()
-    adv2 = torch.randn(T, generator=g, dtype=torch.float64)[:, None].expand(T, T)
-    mask = torch.ones(T, T, dtype=torch.bool) if ratio != "gspo" else torch.eye(T, dtype=torch.bool)
-    w = 0.5 + torch.rand(T, T, generator=g, dtype=torch.float64)
-    eye = torch.eye(T, dtype=torch.bool)
+    B, T = 16, 12
+    base = -1.0 - 0.15 * torch.rand(B, T, generator=g, dtype=torch.float64)
+    old = (base + 0.25 * torch.randn(B, T, generator=g, dtype=torch.float64)).clamp(max=0)
+    mask = torch.rand(B, T, generator=g) > 0.25
+    if ratio in ("sequence", "gspo"):
+        mask = torch.zeros(B, T, dtype=torch.bool)
+    mask[torch.arange(B), torch.randint(0, T, (B,), generator=g)] = True
+    mask[-1] = False  # a row without tokens
+    last = T - 1 - mask.flip(-1).int().argmax(-1)  # (B,) the last mask token of each row
+    sel = torch.zeros(B, T, dtype=torch.bool)
+    sel[torch.arange(B), last] = True
+    adv = torch.randn(B, generator=g, dtype=torch.float64)
+    w = 0.5 + torch.rand(B, T, generator=g, dtype=torch.float64)
     bounds = (math.log(0.9), math.log(1.1), math.log(1.3), 0.0) if clip == "ratio" else (-0.04, 0.06, 0.1, 0.5)
+    x0 = base[sel].clone()
+    clipped = None
+    for agg in ctpo.AGGS:
+        counts = (None, None, None) if agg != "seq-mean-token-sum-norm" else (None, 5.0, 3.0)
 
-    def f(x):
-        logp = torch.where(eye, x[:, None].expand(T, T), base[None].expand(T, T))
-        return ctpo_ext.policy_loss_op(logp, old, adv2, mask, w, ratio, *bounds).loss.diagonal()
+        def f(x, agg=agg, counts=counts):
+            logp = base.masked_scatter(sel, x)
+            return ctpo_ext.policy_loss(logp, old, adv, mask, w, ratio, *bounds, 20.0, 10.0, agg, *counts)[0]
 
-    assert torch.autograd.gradcheck(f, (base.clone().requires_grad_(),), eps=1e-7, atol=1e-6)
-    clipped = ctpo_ext.policy_loss_op(torch.where(eye, base[:, None], base[None]), old, adv2, mask, w, ratio, *bounds).clipped
-    assert clipped.diagonal().any() and not clipped.diagonal().all()  # both gradient regions were exercised
+        assert torch.autograd.gradcheck(f, (x0.clone().requires_grad_(),), eps=1e-7, atol=1e-7)
+        clipped = ctpo_ext.policy_loss(base, old, adv, mask, w, ratio, *bounds, 20.0, 10.0, agg)[4]
+    assert clipped[sel & mask].any() and not clipped[sel & mask].all()  # both gradient regions were exercised
+
+
+# -----------------------------------------------------------------------------
+# The ext path's work around the fused op: counted ops (CPU tensors), not timed
+
+
+class OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the compute ops dispatched (views, whose outputs alias an input, are not counted) and the host syncs."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not any(r.alias_info is not None for r in func._schema.returns):
+            self.ops.append(str(func.overloadpacket.__name__))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("adv_shape", ["B", "B1", "BT"])
+def test_ext_path_op_count(ext, method, adv_shape):
+    """policy_loss(backend="ext"): forward <= 3 compute ops (the op, the one host sync that raises on bad values),
+    backward <= 2 (the seed gradient, the backward op); for every method and aggregation."""
+    logp, old, adv, mask, _ = make(4, 50, seed=3, adv_shape="row" if adv_shape != "BT" else "token")
+    adv = (adv[:, None] if adv_shape == "B1" else adv).float()
+    old = old.float()
+    for agg in ctpo.AGGS:
+        lp = logp.float().clone().requires_grad_()
+        with OpCounter() as fwd:
+            loss, m = ctpo.policy_loss(lp, old, adv, mask, method=method, agg=agg, backend="ext")
+        with OpCounter() as bwd:
+            loss.backward()
+        assert len(fwd.ops) <= 3 and fwd.ops.count("_local_scalar_dense") <= 1, fwd.ops
+        assert len(bwd.ops) <= 2, bwd.ops
+        assert m["backend"] == "ext" and lp.grad is not None
 
 
 @pytest.mark.parametrize("method", ["ctpo", "grpo", "gspo"])
