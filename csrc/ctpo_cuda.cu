@@ -9,7 +9,7 @@
 // sum, response count) pairs, with a running carry (the block-prefix callback) across spans and tiles, so any T
 // works in one pass. Every token then forms its bounds (t^p in float64, rounded to the compute dtype), picks its
 // log-space value (log w or the bound it is clipped to, 0 for A = 0), takes one exp, and writes loss, log w and
-// the clipped flag; a warp ballot packs the 32 "gradient passes" bits of each warp into one word of pass_bits.
+// the clipped flag and its gradient before the aggregation's row scale (the loss where the gradient passes, else 0).
 // Each thread keeps the row statistics (counts, float64 sums, min / max, bad-value flags), reduced once per row
 // with cub::BlockReduce; then the row writes its slots of the quantile sample. A second kernel (one block)
 // adds up the batch totals, radix-sorts the sample (<= 4096 values) and
@@ -145,10 +145,9 @@ __global__ void __launch_bounds__(kBlock) policy_loss_fwd_kernel(const FwdParams
   const C* At = p.adv_rowwise ? nullptr : static_cast<const C*>(p.adv) + row * p.adv_rs;
   const C A_row = p.adv_rowwise ? static_cast<C>(read_any(p.adv, p.adv_dtype, row * p.adv_rs)) : C(0);
   const C* rw = p.rw ? static_cast<const C*>(p.rw) + row * p.rw_rs : nullptr;
-  C* loss = static_cast<C*>(p.loss) + row * T;
+  C* grad = static_cast<C*>(p.grad) + row * T;
   C* lwo = static_cast<C*>(p.log_w) + row * T;
   bool* clipped = p.clipped + row * T;
-  unsigned* bits = reinterpret_cast<unsigned*>(p.pass_bits + row * p.bits_rs);
 
   const C dm = static_cast<C>(p.delta_max), ndm = -dm, lwm = static_cast<C>(p.log_w_max);
   const C clo = static_cast<C>(p.lower), chi = static_cast<C>(p.upper), cc = static_cast<C>(p.dual);
@@ -233,11 +232,8 @@ __global__ void __launch_bounds__(kBlock) policy_loss_fwd_kernel(const FwdParams
       const C l = m[k] ? (-a) * exp_c(sel) * r[k] : C(0);
       const bool clip = m[k] && (high || low || dual);
       const bool pass = j < T && m[k] && !(high || low || dual) && glw && a != C(0);
-      const unsigned word = __ballot_sync(0xffffffffu, pass);  // the whole warp is here: no early exit above
-      const int64_t warp_start = base + int64_t{k} * kBlock + (threadIdx.x & ~31u);
-      if ((threadIdx.x & 31u) == 0 && warp_start < T) bits[warp_start / 32] = word;
       if (j < T) {
-        loss[j] = l;
+        grad[j] = pass ? l : C(0);  // exactly 0 where no gradient passes
         lwo[j] = lw;
         clipped[j] = clip;
       }
@@ -338,6 +334,8 @@ __global__ void __launch_bounds__(kBlock) quantile_kernel(const FwdParams p) {
   __shared__ typename Scan::TempStorage scan_storage;
   __shared__ typename cub::BlockReduce<Totals, kBlock>::TempStorage totals_storage;
   __shared__ int s_n;
+  __shared__ double s_tot[kNumStats], s_q[3], s_d[2];
+  __shared__ typename cub::BlockReduce<double, kBlock>::TempStorage sum_storage;
   C* vals = sm.vals;
   Totals part;
 #pragma unroll
@@ -351,8 +349,19 @@ __global__ void __launch_bounds__(kBlock) quantile_kernel(const FwdParams p) {
   const Totals all = cub::BlockReduce<Totals, kBlock>(totals_storage).Reduce(part, TotalsOp());
   if (threadIdx.x == 0) {  // the reduction's result is valid in thread 0 only
 #pragma unroll
-    for (int c = 0; c < kNumStats; ++c) p.totals[c] = all.v[c];
+    for (int c = 0; c < kNumStats; ++c) s_tot[c] = all.v[c];
   }
+  // rows with tokens, and the loss sum (row sums weighted as the aggregation wants)
+  double part_seqs = 0.0, part_sum = 0.0;
+  for (int64_t i = threadIdx.x; i < p.B; i += kBlock) {
+    const double n_i = p.stats[kStatTokens * p.B + i];
+    part_seqs += n_i > 0 ? 1.0 : 0.0;
+    part_sum += p.agg.agg == kSeqMeanTokenMean ? p.row_loss[i] * row_weight(p.agg.agg, n_i) : p.row_loss[i];
+  }
+  const double n_seqs = cub::BlockReduce<double, kBlock>(sum_storage).Sum(part_seqs);
+  __syncthreads();  // sum_storage is reused
+  const double loss_sum = cub::BlockReduce<double, kBlock>(sum_storage).Sum(part_sum);
+  __syncthreads();
   const C* sv = static_cast<const C*>(p.sample_v);
   const C nan = static_cast<C>(NAN);  // sorts after every number: the invalid slots go last
   int mine = 0;
@@ -393,29 +402,37 @@ __global__ void __launch_bounds__(kBlock) quantile_kernel(const FwdParams p) {
   __syncthreads();
   if (threadIdx.x < 3) {
     const long long q = threadIdx.x == 0 ? 10 : (threadIdx.x == 1 ? 50 : 90);
-    C out = C(0);  // no tokens: the on-policy log w
+    double out = 0.0;  // no tokens: the on-policy log w
     if (n > 0) {
       long long kth = (q * n + 99) / 100;  // ceil(q n / 100), in integers
       kth = kth < 1 ? 1 : kth;
-      out = vals[kth - 1];
+      out = static_cast<double>(vals[kth - 1]);
     }
-    static_cast<C*>(p.log_w_q)[threadIdx.x] = out;
+    s_q[threadIdx.x] = out;
   }
+  __syncthreads();
+  // the loss, the counts, the metrics (ctpo_layout.h: the CPU op's arithmetic), then every row's gradient scale
+  if (threadIdx.x == 0) {
+    agg_denominators(p.agg, s_tot[kStatTokens], n_seqs, &s_d[0], &s_d[1]);
+    *static_cast<C*>(p.loss) = static_cast<C>(loss_sum / s_d[0] / s_d[1]);
+    finish_metrics(s_tot, s_q, p.counts, p.metrics);
+  }
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < p.B; i += kBlock)
+    static_cast<C*>(p.row_scale)[i] = static_cast<C>(row_weight(p.agg.agg, p.stats[kStatTokens * p.B + i]) / s_d[0] / s_d[1]);
 }
 
 template <typename C, typename O>
 __global__ void policy_loss_bwd_kernel(const BwdParams p) {
-  const C* g = static_cast<const C*>(p.grad);
-  const C* loss = static_cast<const C*>(p.loss);
+  const C* grad = static_cast<const C*>(p.grad);
+  const C* scale = static_cast<const C*>(p.row_scale);
+  const C g = *static_cast<const C*>(p.grad_loss);
   O* out = static_cast<O*>(p.out);
   const int64_t N = p.B * p.T;
   for (int64_t idx = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; idx < N; idx += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t i = idx / p.T, j = idx - i * p.T;
-    const bool pass = (p.pass_bits[i * p.bits_rs + (j >> 3)] >> (j & 7)) & 1;
-    C gv = g != nullptr ? g[i * p.gs0 + j * p.gs1] : C(0);
-    if (p.grad_row != nullptr) gv = g != nullptr ? gv + static_cast<C>(p.grad_row[i * p.grs]) : static_cast<C>(p.grad_row[i * p.grs]);
-    const C v = pass ? gv * loss[idx] : C(0);  // as torch.where: never 0 * inf
-    out[idx] = narrow<O>(v);
+    const int64_t i = idx / p.T;
+    const C x = grad[idx];
+    out[idx] = narrow<O>(x != C(0) ? (g * scale[i]) * x : C(0));  // as torch.where: never 0 * inf
   }
 }
 
