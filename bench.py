@@ -351,11 +351,15 @@ def main(argv=None):
     ap.add_argument("--json", action="store_true", help="print JSON (a list of objects) instead of the table")
     ap.add_argument("--breakdown", action="store_true", help="also time the ext's parts: forward op, .sum(), backward op")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the tensors live (default: %(default)s)")
+    ap.add_argument(
+        "--cpu-kernel", default="auto", choices=["auto", "vec", "scalar"], help="the CPU row kernel the op runs (auto: avx512 where built)"
+    )
     args = ap.parse_args(argv)
 
     global DEVICE
     DEVICE = args.device
     mod = ctpo_ext.load()
+    mod.set_cpu_kernel(args.cpu_kernel)
     if DEVICE == "cuda" and not (torch.cuda.is_available() and mod.with_cuda()):
         ap.error("--device cuda: needs a visible GPU and the extension built with its CUDA kernels (TORCH_CUDA_ARCH_LIST, CUDA_HOME)")
     if DEVICE == "cuda":  # an idle GPU runs at a low clock: keep it busy ~1 s so that the first case is not timed ramping up
@@ -383,7 +387,8 @@ def main(argv=None):
         f"GPU {torch.cuda.get_device_name()}, CUDA {torch.version.cuda}"
         if DEVICE == "cuda"
         else f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-        f"ext CPU path {mod.compiled_cpu_path()}"
+        f"ext CPU path {mod.compiled_cpu_path() if args.cpu_kernel == 'auto' else args.cpu_kernel}, "
+        f"output pool {os.environ.get('CTPO_EXT_POOL_MB', '256')} MB"
     )
     print(f"torch {torch.__version__}, {where}; method {args.method}; fwd+bwd of sum(per-token loss)/n, median of ~{args.repeats} runs")
     print(
