@@ -19,7 +19,8 @@ grad log pi(a_t|s_t) * A_t needs an importance weight. With delta_t = log pi - l
 log rho_t is a random walk: its spread grows like sqrt(t). So CTPO clips in log space with a window
 that widens with the 1-indexed response position t:  log rho_t in [-clip_low * t^p, clip_high * t^p].
 
-Sections: model | sampling and log-probs | advantages | importance ratios | clipping | the loss.
+Sections: model | sampling and log-probs | advantages | importance ratios | clipping | the loss, step by step
+(token_losses, aggregate, policy_loss) | then what a reader may skip: checks, metrics, the call into the kernel.
 """
 
 import math
