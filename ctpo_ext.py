@@ -30,7 +30,9 @@ import warnings
 import torch
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-CSRC = os.path.join(ROOT, "csrc")
+# csrc/ in a checkout; ctpo_csrc/ beside this file in an installed copy (setup.py installs the sources there)
+CHECKOUT = os.path.isdir(os.path.join(ROOT, "csrc"))
+CSRC = os.path.join(ROOT, "csrc" if CHECKOUT else "ctpo_csrc")
 AOT_NAME = "_ctpo_ext"  # the module setup.py builds
 BUILD_HINT = (
     "build it ahead of time with `pip install --no-build-isolation -e .` in the repository root, or let it JIT-build "
@@ -75,7 +77,12 @@ CUDA_CFLAGS = ["-O3", "-DCTPO_WITH_CUDA", "-std=c++17"]
 
 
 def build_dir():
-    return os.environ.get("CTPO_EXT_DIR") or os.path.join(ROOT, ".torch_extensions")
+    """CTPO_EXT_DIR, else .torch_extensions/ in a checkout, else ~/.cache/ctpo/torch_extensions (site-packages may be read-only)."""
+    if os.environ.get("CTPO_EXT_DIR"):
+        return os.environ["CTPO_EXT_DIR"]
+    if CHECKOUT:
+        return os.path.join(ROOT, ".torch_extensions")
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ctpo", "torch_extensions")
 
 
 def want_cuda(cuda_home):
@@ -180,10 +187,12 @@ def supports_device(device_type):
 
 
 def _older_than_sources(path):
+    if not CHECKOUT:  # an installed copy: its build and its sources were installed together
+        return False
     try:
         built = os.path.getmtime(path)
         return any(os.path.getmtime(os.path.join(CSRC, f)) > built for f in os.listdir(CSRC))
-    except OSError:  # no csrc/ next to this file (an installed copy): nothing to compare
+    except OSError:
         return False
 
 
