@@ -33,6 +33,7 @@ out_dir (a log you redirect there, notes) are never touched.
 """
 
 import ast
+import gc
 import io
 import json
 import math
@@ -41,11 +42,13 @@ import random
 import sys
 import time
 import tokenize
+import traceback
 import types
 from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn  # noqa: F401  before any process group exists (see the teardown at the end of main)
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -564,22 +567,34 @@ def main(argv=None):
     device_type = "cuda" if C.device == "cuda" or (C.device == "auto" and torch.cuda.is_available()) else "cpu"
     if ddp:
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-        rank, world, local_rank = dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
-        check_config(vars(C), world)
-    else:
-        rank, world, local_rank = 0, 1, 0
-    if device_type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device=cuda: no CUDA device is available (use --device=auto or --device=cpu)")
-    device = torch.device(f"cuda:{local_rank}" if device_type == "cuda" else "cpu")
-    if device_type == "cuda":
-        torch.cuda.set_device(device)
     try:
+        if ddp:
+            rank, world, local_rank = dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+            check_config(vars(C), world)
+        else:
+            rank, world, local_rank = 0, 1, 0
+        if device_type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device=cuda: no CUDA device is available (use --device=auto or --device=cpu)")
+        device = torch.device(f"cuda:{local_rank}" if device_type == "cuda" else "cpu")
+        if device_type == "cuda":
+            torch.cuda.set_device(device)
         result = run(C, rank, world, device, ddp, t_start, config_files)
         if ddp:
             dist.barrier()  # leave together: a rank that tears gloo down while rank 0 still writes can abort
         return result
     finally:
         if ddp:
+            # Free the process group here, threads joined, not at exit: a gloo worker thread that releases a finished
+            # collective's tensor takes the GIL (the tensor has a Python object), and if that happens while the
+            # interpreter finalises, the process aborts ("terminate called without an active exception") after its
+            # work is done. destroy_process_group frees the group only when nothing else holds it: the DDP model (its
+            # reducer) and run()'s tensors go with run()'s frame (on an error the traceback keeps that frame: clear
+            # it), gc.collect() frees what only a reference cycle holds, and torch.distributed.nn, which binds
+            # group=group.WORLD as default arguments, is imported at the top of this file, before the group exists
+            # (imported by DDP later, it held the group until interpreter finalisation).
+            if sys.exc_info()[2] is not None:
+                traceback.clear_frames(sys.exc_info()[2])
+            gc.collect()
             dist.destroy_process_group()
 
 
