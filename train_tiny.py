@@ -584,14 +584,14 @@ def main(argv=None):
         return result
     finally:
         if ddp:
-            # Free the process group here, threads joined, not at exit: a gloo worker thread that releases a finished
-            # collective's tensor takes the GIL (the tensor has a Python object), and if that happens while the
-            # interpreter finalises, the process aborts ("terminate called without an active exception") after its
-            # work is done. destroy_process_group frees the group only when nothing else holds it: the DDP model (its
-            # reducer) and run()'s tensors go with run()'s frame (on an error the traceback keeps that frame: clear
-            # it), gc.collect() frees what only a reference cycle holds, and torch.distributed.nn, which binds
-            # group=group.WORLD as default arguments, is imported at the top of this file, before the group exists
-            # (imported by DDP later, it held the group until interpreter finalisation).
+            # Free the process group here, its threads joined, not at exit. A gloo worker thread drops a collective's
+            # work (and its tensors) only after the caller has moved on, and dropping a tensor that has a Python object
+            # takes the GIL: if that happens while the interpreter finalises, the thread is stopped inside C++ and the
+            # rank aborts after its work is done ("terminate called without an active exception"). destroy_process_group
+            # frees the group only when nothing else holds it: the DDP model (its reducer) and run()'s tensors go with
+            # run()'s frame (on an error the traceback keeps that frame: clear it), gc.collect() frees what only a
+            # reference cycle holds, and torch.distributed.nn, which binds group=group.WORLD as default arguments, is
+            # imported at the top of this file, before the group exists (imported later by DDP, it held the group).
             if sys.exc_info()[2] is not None:
                 traceback.clear_frames(sys.exc_info()[2])
             gc.collect()
