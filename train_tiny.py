@@ -34,6 +34,7 @@ out_dir (a log you redirect there, notes) are never touched.
 
 import ast
 import gc
+import importlib
 import io
 import json
 import math
@@ -48,7 +49,6 @@ from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn  # noqa: F401  before any process group exists (see the teardown at the end of main)
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -566,6 +566,7 @@ def main(argv=None):
     ddp = int(os.environ.get("RANK", -1)) != -1
     device_type = "cuda" if C.device == "cuda" or (C.device == "auto" and torch.cuda.is_available()) else "cpu"
     if ddp:
+        importlib.import_module("torch.distributed.nn")  # before the group exists: see the teardown at the end
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     try:
         if ddp:
@@ -591,7 +592,7 @@ def main(argv=None):
             # frees the group only when nothing else holds it: the DDP model (its reducer) and run()'s tensors go with
             # run()'s frame (on an error the traceback keeps that frame: clear it), gc.collect() frees what only a
             # reference cycle holds, and torch.distributed.nn, which binds group=group.WORLD as default arguments, is
-            # imported at the top of this file, before the group exists (imported later by DDP, it held the group).
+            # imported before init_process_group (imported later, by DDP through torch._dynamo, it held the group).
             if sys.exc_info()[2] is not None:
                 traceback.clear_frames(sys.exc_info()[2])
             gc.collect()
