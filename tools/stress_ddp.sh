@@ -6,7 +6,8 @@
 # a teardown race, a rank aborting after its work is done ("terminate called without an active exception", exit
 # status 1 from torchrun), far more likely than in a single test run. A command fails when it exits non-zero or runs
 # past 120 s (the tests' timeout). It prints one line per run, then the count of failed commands and runs and the
-# stderr tail of each failure; the exit status is 1 when anything failed.
+# stderr of each failure (its lines that name the cause: an abort, an error, a signal; then its tail); the exit
+# status is 1 when anything failed.
 #
 #     bash tools/stress_ddp.sh                   # 30 runs
 #     bash tools/stress_ddp.sh --runs 5          # or STRESS_RUNS=5 bash tools/stress_ddp.sh
@@ -22,7 +23,7 @@ while [ $# -gt 0 ]; do
   case $1 in
     --runs) RUNS=$2; shift 2 ;;
     --root) ROOT=$(cd "$2" && pwd); shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "stress_ddp.sh: unknown argument $1 (expected --runs N or --root DIR)" >&2; exit 2 ;;
   esac
 done
@@ -48,7 +49,7 @@ if $PY -c "import sys; sys.path.insert(0, 'tests'); import test_train as t; open
   n_per_run=6
 else
   n_per_run=4
-  echo "stress_ddp.sh: $ROOT/tests/test_train.py has no TEARDOWN_CHECK: the teardown test's two commands are skipped"
+  echo "stress_ddp.sh: no teardown check script from $ROOT/tests/test_train.py (no TEARDOWN_CHECK there): its two commands are skipped"
 fi
 echo "stress_ddp.sh: $RUNS runs of $n_per_run torchrun commands in $ROOT, one CPU-bound process beside them"
 for ((i = 1; i <= RUNS; i++)); do
@@ -78,7 +79,8 @@ for ((i = 1; i <= RUNS; i++)); do
     if [ $rc -ne 0 ]; then
       failed_cmds=$((failed_cmds + 1)) run_failed=1
       status+=" $name:FAIL(rc=$rc)"
-      failures+=("run $i, $name, exit status $rc:"$'\n'"$(tail -n 25 "$log.err")")
+      cause=$(grep -E "terminate called|Error|error|Signal|exitcode" "$log.err" | grep -v FutureWarning | head -n 12)
+      failures+=("run $i, $name, exit status $rc:"$'\n'"$cause"$'\n'"[...] the last lines:"$'\n'"$(tail -n 12 "$log.err")")
     else
       status+=" $name:ok"
     fi
