@@ -33,6 +33,8 @@ out_dir (a log you redirect there, notes) are never touched.
 """
 
 import ast
+import gc
+import importlib
 import io
 import json
 import math
@@ -41,6 +43,7 @@ import random
 import sys
 import time
 import tokenize
+import traceback
 import types
 from types import SimpleNamespace
 
@@ -563,23 +566,36 @@ def main(argv=None):
     ddp = int(os.environ.get("RANK", -1)) != -1
     device_type = "cuda" if C.device == "cuda" or (C.device == "auto" and torch.cuda.is_available()) else "cpu"
     if ddp:
+        importlib.import_module("torch.distributed.nn")  # before the group exists: see the teardown at the end
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-        rank, world, local_rank = dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
-        check_config(vars(C), world)
-    else:
-        rank, world, local_rank = 0, 1, 0
-    if device_type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device=cuda: no CUDA device is available (use --device=auto or --device=cpu)")
-    device = torch.device(f"cuda:{local_rank}" if device_type == "cuda" else "cpu")
-    if device_type == "cuda":
-        torch.cuda.set_device(device)
     try:
+        if ddp:
+            rank, world, local_rank = dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+            check_config(vars(C), world)
+        else:
+            rank, world, local_rank = 0, 1, 0
+        if device_type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device=cuda: no CUDA device is available (use --device=auto or --device=cpu)")
+        device = torch.device(f"cuda:{local_rank}" if device_type == "cuda" else "cpu")
+        if device_type == "cuda":
+            torch.cuda.set_device(device)
         result = run(C, rank, world, device, ddp, t_start, config_files)
         if ddp:
             dist.barrier()  # leave together: a rank that tears gloo down while rank 0 still writes can abort
         return result
     finally:
         if ddp:
+            # Free the process group here, its threads joined, not at exit. A gloo worker thread drops a collective's
+            # work (and its tensors) only after the caller has moved on, and dropping a tensor that has a Python object
+            # takes the GIL: if that happens while the interpreter finalises, the thread is stopped inside C++ and the
+            # rank aborts after its work is done ("terminate called without an active exception"). destroy_process_group
+            # frees the group only when nothing else holds it: the DDP model (its reducer) and run()'s tensors go with
+            # run()'s frame (on an error the traceback keeps that frame: clear it), gc.collect() frees what only a
+            # reference cycle holds, and torch.distributed.nn, which binds group=group.WORLD as default arguments, is
+            # imported before init_process_group (imported later, by DDP through torch._dynamo, it held the group).
+            if sys.exc_info()[2] is not None:
+                traceback.clear_frames(sys.exc_info()[2])
+            gc.collect()
             dist.destroy_process_group()
 
 

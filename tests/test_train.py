@@ -282,6 +282,48 @@ def test_ddp_resume_is_exact(tmp_path):
     assert [x["step"] for x in rows(b)] == [0, 1, 2, 3, 4]
 
 
+TEARDOWN_CHECK = """
+import os, sys
+sys.path.insert(0, {root!r})
+import torch.distributed as dist
+import train_tiny
+
+def gloo_threads():
+    names = [open(f"/proc/self/task/{{t}}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+    return [n for n in names if "gloo" in n]
+
+at_destroy = []  # gloo's threads when main() destroys the group: the check below is not vacuous
+destroy = dist.destroy_process_group
+def recording_destroy(*args, **kwargs):
+    at_destroy.append(gloo_threads())
+    destroy(*args, **kwargs)
+dist.destroy_process_group = recording_destroy
+try:
+    train_tiny.main(sys.argv[1:])
+except train_tiny.ConfigError as e:
+    print("ConfigError:", e)
+print("teardown:", at_destroy, gloo_threads(), flush=True)
+assert len(at_destroy) == 1 and at_destroy[0], at_destroy
+assert not gloo_threads(), gloo_threads()
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="lists the threads in /proc (Linux)")
+def test_ddp_teardown_frees_the_process_group(tmp_path):
+    # main() must free the gloo process group (its threads joined) before it returns, after a run and after an error
+    # raised once the group exists: a group left for interpreter finalisation can abort a rank after its work is done,
+    # as a gloo thread that releases a tensor then takes the GIL. Gloo's threads live exactly as long as the group.
+    script = tmp_path / "teardown_check.py"
+    script.write_text(TEARDOWN_CHECK.format(root=ROOT))
+    run_args = [f"--out_dir={tmp_path / 'run'}", *TINY, "--sft_steps=1", "--rl_steps=1"]
+    error_args = [f"--out_dir={tmp_path / 'error'}", *TINY, "--n_prompts=3", "--num_minibatches=1"]  # 3 prompts on 2 ranks
+    for args, error in ((run_args, False), (error_args, True)):
+        cmd = [*TORCHRUN, str(script), *args]
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=clean_env())
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert r.stdout.count("teardown:") == 2 and r.stdout.count("ConfigError: --n_prompts") == 2 * error, r.stdout[-3000:]
+
+
 # -----------------------------------------------------------------------------
 # configuration errors
 
