@@ -14,14 +14,14 @@ Two tables:
     python bench.py --json                # the same as JSON (a list of objects)
     python bench.py --sizes 256x4096 --dtypes float32 --repeats 50
     python bench.py --no-compile          # skip torch.compile (its first call compiles, ~10-60 s per shape)
-    python bench.py --breakdown           # also time the ext's parts: forward op, backward op
+    python bench.py --breakdown           # also time the ext's parts (forward op, backward op) and count policy_loss's ops
     python bench.py --no-e2e / --e2e-only # one of the two tables
     python bench.py --device cuda         # on a GPU (CUDA-synchronised timings; compile = Inductor's Triton)
 
 What is timed in table 1, per (B, T, dtype), each as  loss = per_token_loss.sum() / n_tokens;  grad = d loss / d logp:
   python   ctpo.token_losses (eager), the reference ctpo.policy_loss(backend="python") runs
   compile  torch.compile(fullgraph=True) of that same function (Inductor: C++/OpenMP/AVX-512 on CPU)
-  ext      the fused op, torch.ops.ctpo.policy_loss + policy_loss_backward, with its row sums (row_loss.sum() / n)
+  ext      the fused op, torch.ops.ctpo.policy_loss (agg token-mean: its loss is sum / n) + policy_loss_backward
   floor    the bytes a fused forward+backward must move, streamed once by plain torch kernels into
            preallocated buffers: logp -> a float32 loss buffer (copy_), old_logp -> a float32 log_w buffer
            (copy_), mask -> a bool buffer (copy_: the mask read, and the op's 1-byte `clipped` output written),
@@ -94,9 +94,9 @@ def cpu_jiffies():
 
 
 def op_args(cfg, B, T):
-    """The op's (ratio, lower, upper, dual, power, delta_max, log_w_max, sample_stride) for a method's cfg."""
+    """The op's (ratio, lower, upper, dual, power, delta_max, log_w_max, agg = token-mean, counts) for a method's cfg."""
     ratio, lower, upper, dual, power = ctpo._ext_op_args(cfg)
-    return (ctpo_ext.RATIO_CODES[ratio], lower, upper, dual, power, cfg["delta_max"], cfg["log_w_max"], ctpo.quantile_stride(B, T))
+    return (ctpo_ext.RATIO_CODES[ratio], lower, upper, dual, power, cfg["delta_max"], cfg["log_w_max"], 0, None, None, None)
 
 
 def run_blocks(fns, repeats, warmup=3, python_names=("python",)):
@@ -139,7 +139,7 @@ def run_case(B, T, dtype_name, method, repeats, use_compile, breakdown=False, wa
         return ctpo.token_losses(lp, ol, a, m, cfg)[0].sum() / n
 
     def ext_loss(lp, ol, a, m):
-        return torch.ops.ctpo.policy_loss(lp, ol, a, m, None, *args)[1].sum() / n
+        return torch.ops.ctpo.policy_loss(lp, ol, a, m, None, *args)[0]
 
     def fwd_bwd(loss_fn):
         def f():
@@ -165,17 +165,17 @@ def run_case(B, T, dtype_name, method, repeats, use_compile, breakdown=False, wa
         fns["compile"] = fwd_bwd(torch.compile(python_loss, fullgraph=True, dynamic=False))
     if breakdown:  # the parts of the ext's fwd+bwd, each alone: the forward op, the backward op
         out0 = torch.ops.ctpo.policy_loss(logp, old, adv, mask, None, *args)
-        g0 = torch.ones((), dtype=torch.float64, device=DEVICE).expand(B)  # what row_loss.sum() / n hands the backward: a broadcast
+        g0 = torch.ones((), device=DEVICE)  # the seed gradient of the scalar loss
         fns["ext_fwd_op"] = lambda: torch.ops.ctpo.policy_loss(logp, old, adv, mask, None, *args)
-        fns["ext_bwd_op"] = lambda: torch.ops.ctpo.policy_loss_backward(None, g0, out0[0], out0[4], dtype)
+        fns["ext_bwd_op"] = lambda: torch.ops.ctpo.policy_loss_backward(g0, out0[5], out0[6], dtype)
 
-    # correctness: ext vs the Python reference (forward per-token loss and gradient)
+    # correctness: ext vs the Python reference (the loss, the gradient, log w)
     lp_ref, lw_ref, _, _ = ctpo.token_losses(x, old, adv, mask, cfg)
     (g_ref,) = torch.autograd.grad(lp_ref.sum() / n, x)
     out = torch.ops.ctpo.policy_loss(x, old, adv, mask, None, *args)
-    lp_ext, lw_ext = out[0], out[2]
-    (g_ext,) = torch.autograd.grad(out[1].sum() / n, x)
-    diff_fwd = (lp_ref.detach() - lp_ext.detach()).abs().max().item()
+    loss_ext, lw_ext = out[0], out[3]
+    (g_ext,) = torch.autograd.grad(loss_ext, x)
+    diff_fwd = (lp_ref.detach().double().sum() / n - loss_ext.detach().double()).abs().item()
     diff_grad = (g_ref.float() - g_ext.float()).abs().max().item()
     logw_equal = bool(torch.equal(lw_ref.detach(), lw_ext))
 
@@ -209,7 +209,6 @@ def run_e2e(B, T, dtype_name, method, repeats, use_compile, warmup=3):
     logp, old, adv, mask = make_inputs(B, T, dtype)
     adv = adv[:, 0].contiguous()  # one advantage per row, as a training loop passes it
     x = logp.clone().requires_grad_()
-    n = mask.sum().clamp(min=1).to(torch.float32)
     args = op_args(cfg, B, T)
 
     def policy(backend):
@@ -227,7 +226,7 @@ def run_e2e(B, T, dtype_name, method, repeats, use_compile, warmup=3):
         return f
 
     def bare():
-        (g,) = torch.autograd.grad(torch.ops.ctpo.policy_loss(x, old, adv[:, None].expand(B, T), mask, None, *args)[1].sum() / n, x)
+        (g,) = torch.autograd.grad(torch.ops.ctpo.policy_loss(x, old, adv, mask, None, *args)[0], x)
         return g
 
     fns = {"python": fwd_bwd(policy("python")), "ext": fwd_bwd(policy("ext")), "bare": bare}
@@ -254,7 +253,25 @@ def run_e2e(B, T, dtype_name, method, repeats, use_compile, warmup=3):
     row["same_clip_counts"] = all(torch.equal(m_p[k], m_e[k]) for k in ("n_tokens", "n_clip_high", "n_clip_low", "n_clip_dual"))
     row["compile_note"] = compile_note
     row["other_load"] = load
+    with OpCounter() as f_ops:  # the compute ops policy_loss(backend="ext") dispatches around the fused op (CPU: exact)
+        loss, _ = ctpo.policy_loss(x, old, adv, mask, method=method, backend="ext")
+    with OpCounter() as b_ops:
+        torch.autograd.grad(loss, x)
+    row["fwd_ops"], row["bwd_ops"] = f_ops.ops, b_ops.ops
     return row
+
+
+class OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the compute ops dispatched (views, whose outputs alias an input, are not counted)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not any(r.alias_info is not None for r in func._schema.returns):
+            self.ops.append(str(func.overloadpacket.__name__))
+        return func(*args, **(kwargs or {}))
 
 
 def fmt(v, spec):
@@ -298,7 +315,7 @@ def print_e2e(rows, file=sys.stdout):
     head = (
         f"{'method':>8} {'B':>4} {'T':>6} {'dtype':>8} | {'python':>8} {'compile':>8} {'ext':>7} {'bare op':>7} | "
         f"{'ext x py':>8} {'x comp':>6} {'ext/bare':>8} | {'min: ext':>8} {'bare':>6} {'ratio':>5} | "
-        f"{'diff grad':>9} {'clips ==':>8} {'noise':>5}"
+        f"{'diff grad':>9} {'clips ==':>8} {'ops f/b':>7} {'noise':>5}"
     )
     print(head, file=file)
     print("-" * len(head), file=file)
@@ -308,9 +325,11 @@ def print_e2e(rows, file=sys.stdout):
             f"{fmt(r['ext_ms'], '7.3f')} {fmt(r['bare_ms'], '7.3f')} | {fmt(r['ext_x_python'], '8.1f')} {fmt(r['ext_x_compile'], '6.1f')} "
             f"{fmt(r['ext_over_bare'], '8.2f')} | {fmt(r['ext_min_ms'], '8.3f')} {fmt(r['bare_min_ms'], '6.3f')} "
             f"{fmt(r['ext_over_bare_min'], '5.2f')} | {r['max_abs_diff_grad']:9.1e} {str(r['same_clip_counts']):>8} "
-            f"{fmt(r.get('other_load'), '5.0%')}",
+            f"{len(r['fwd_ops']):>3}/{len(r['bwd_ops']):<3} {fmt(r.get('other_load'), '5.0%')}",
             file=file,
         )
+    if rows:
+        print(f"ops f/b: compute ops of policy_loss(ext) forward / backward, e.g. {rows[0]['fwd_ops']} / {rows[0]['bwd_ops']}", file=file)
     for r in rows:
         if r["compile_note"]:
             print(f"compile of the python path, {r['method']} {r['B']}x{r['T']}: {r['compile_note']}", file=file)
@@ -332,11 +351,15 @@ def main(argv=None):
     ap.add_argument("--json", action="store_true", help="print JSON (a list of objects) instead of the table")
     ap.add_argument("--breakdown", action="store_true", help="also time the ext's parts: forward op, .sum(), backward op")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the tensors live (default: %(default)s)")
+    ap.add_argument(
+        "--cpu-kernel", default="auto", choices=["auto", "vec", "scalar"], help="the CPU row kernel the op runs (auto: avx512 where built)"
+    )
     args = ap.parse_args(argv)
 
     global DEVICE
     DEVICE = args.device
     mod = ctpo_ext.load()
+    mod.set_cpu_kernel(args.cpu_kernel)
     if DEVICE == "cuda" and not (torch.cuda.is_available() and mod.with_cuda()):
         ap.error("--device cuda: needs a visible GPU and the extension built with its CUDA kernels (TORCH_CUDA_ARCH_LIST, CUDA_HOME)")
     if DEVICE == "cuda":  # an idle GPU runs at a low clock: keep it busy ~1 s so that the first case is not timed ramping up
@@ -364,7 +387,8 @@ def main(argv=None):
         f"GPU {torch.cuda.get_device_name()}, CUDA {torch.version.cuda}"
         if DEVICE == "cuda"
         else f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-        f"ext CPU path {mod.compiled_cpu_path()}"
+        f"ext CPU path {mod.compiled_cpu_path() if args.cpu_kernel == 'auto' else args.cpu_kernel}, "
+        f"output pool {os.environ.get('CTPO_EXT_POOL_MB', '256')} MB"
     )
     print(f"torch {torch.__version__}, {where}; method {args.method}; fwd+bwd of sum(per-token loss)/n, median of ~{args.repeats} runs")
     print(

@@ -19,7 +19,8 @@ grad log pi(a_t|s_t) * A_t needs an importance weight. With delta_t = log pi - l
 log rho_t is a random walk: its spread grows like sqrt(t). So CTPO clips in log space with a window
 that widens with the 1-indexed response position t:  log rho_t in [-clip_low * t^p, clip_high * t^p].
 
-Sections: model | sampling and log-probs | advantages | importance ratios | clipping | the loss.
+Sections: model | sampling and log-probs | advantages | importance ratios | clipping | the loss, step by step
+(token_losses, aggregate, policy_loss) | then what a reader may skip: checks, metrics, the call into the kernel.
 """
 
 import math
@@ -344,15 +345,8 @@ def clipped_surrogate(log_w, adv, lower, upper, dual):
 
 
 # -----------------------------------------------------------------------------
-# The loss: method presets, input checks, aggregation, metrics
-
-RATIOS = {
-    "token": token_ratio,
-    "sequence": sequence_ratio,
-    "gspo": gspo_ratio,
-    "cumulative": cumulative_ratio,
-    "cumulative-geomean": cumulative_geomean_ratio,
-}
+# The loss, step by step: delta -> log w (importance_log_weights) -> position t and its window (clip_bounds) ->
+# the clipped surrogate per token (token_losses) -> one number (aggregate) -> policy_loss
 
 METHODS = {  # every knob can be overridden by keyword in policy_loss
     "grpo": dict(ratio="token", clip="ratio", eps_low=0.2, eps_high=0.2, dual_c=3.0),
@@ -363,13 +357,160 @@ METHODS = {  # every knob can be overridden by keyword in policy_loss
     "ctpo-fixed": dict(ratio="cumulative", clip="adaptive", clip_low=0.025, clip_high=0.05, clip_c=0.05, power=0.0),
     "ctpo-geomean": dict(ratio="cumulative-geomean", clip="adaptive", clip_low=0.025, clip_high=0.05, clip_c=0.05, power=-0.5),
 }
+COMMON = dict(geomean=False, stop_gradient=True, delta_max=20.0, log_w_max=10.0)  # paper: clamp delta to +-20, log rho <= 10
+AGGS = ("token-mean", "token-sum", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+BACKENDS = ("python", "ext", "auto")
+
+
+def importance_log_weights(logp, old_logp, mask, cfg):
+    """log w_t for the method in cfg, computed in float32 or better. Returns (B, T)."""
+    dtype = torch.promote_types(logp.dtype, torch.float32)
+    logp = logp.to(dtype)
+    delta = (logp - old_logp.to(dtype)).clamp(-cfg["delta_max"], cfg["delta_max"])  # (B, T)
+    # the clamp guards the value only: d delta / d logp stays 1, as in the authors' sg(S) + logp - sg(logp)
+    delta = delta.detach() + (logp - logp.detach())
+    if cfg["ratio"] == "cumulative":
+        log_w = cumulative_ratio(delta, mask, cfg["stop_gradient"], cfg["geomean"])
+    else:
+        log_w = RATIOS[cfg["ratio"]](delta, mask, cfg["stop_gradient"])
+    return log_w.clamp(max=cfg["log_w_max"])  # exp() of a long sum must not overflow
+
+
+def clip_bounds(t, cfg, dtype=torch.float32):
+    """(lower, upper, dual) log-space bounds of the method in cfg: scalars or (B, T) tensors."""
+    if cfg["clip"] == "ratio":
+        return ratio_clip_bounds(cfg["eps_low"], cfg["eps_high"], cfg["dual_c"])
+    return adaptive_clip_bounds(t, cfg["clip_low"], cfg["clip_high"], cfg["clip_c"], cfg["power"], dtype)
+
+
+def token_losses(logp, old_logp, adv, mask, cfg):
+    """The CTPO loss per token (and its PPO-family relatives), the Python reference the kernel matches.
+
+    The paper's loss step by step: delta_t = clamp(logp - old_logp, +-20); S_t = sum_{t'<=t} m delta;
+    log rho_t = min(sg(S_t) + logp_t - sg(logp_t), 10)  (importance_log_weights);  t = count of mask
+    tokens so far (response_position);  window [-clip_low t^p, clip_high t^p], dual cap clip_c t^p
+    (adaptive_clip_bounds);  L_t = max(-A rho, -A clip(rho)), min(., -A e^(clip_c t^p)) for A < 0
+    (clipped_surrogate);  0 off the mask. adv: (B,) or (B, T). Returns (loss (B, T), log_w, t, flags).
+    """
+    adv = adv[:, None].expand_as(logp) if adv.dim() == 1 else adv
+    # padding may hold anything (-inf log-probs, NaN advantages): zero it so that no NaN reaches a
+    # value or, through an unused branch, a gradient
+    logp, old_logp, adv = (torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device)) for x in (logp, old_logp, adv))
+    t = response_position(mask)  # (B, T)
+    log_w = importance_log_weights(logp, old_logp, mask, cfg)  # (B, T)
+    lower, upper, dual = clip_bounds(t, cfg, log_w.dtype)
+    loss, flags = clipped_surrogate(log_w, adv.to(log_w.dtype), lower, upper, dual)
+    zero = torch.zeros((), dtype=loss.dtype, device=loss.device)
+    return torch.where(mask, loss, zero), log_w, t, tuple(f & mask for f in flags)
+
+
+def kl_k3(logp, ref_logp):
+    """k3 estimator of KL(pi || pi_ref) per token (Schulman 2020): exp(d) - d - 1 with d = ref - logp >= 0."""
+    d = (ref_logp - logp).clamp(-20, 20)
+    return torch.exp(d) - d - 1
+
+
+def aggregate(loss, mask, agg="token-mean", num_tokens=None, num_seqs=None, loss_scale_factor=None):
+    """Reduce per-token losses (B, T) to a scalar over mask tokens (verl's loss_agg_mode names).
+
+    token-mean:              sum_{i,t} L / num_tokens        (default: this batch's mask count)
+    token-sum:               sum_{i,t} L
+    seq-mean-token-mean:     sum_i (sum_t L / n_i) / num_seqs (default: rows with at least one token)
+    seq-mean-token-sum:      sum_{i,t} L / num_seqs
+    seq-mean-token-sum-norm: sum_{i,t} L / num_seqs / loss_scale_factor  (Dr. GRPO; default: T, the
+                             padded response length; pass the max response length to keep it constant)
+    With gradient accumulation or several ranks, pass the global num_tokens / num_seqs: then summing
+    the micro-batch losses gives exactly the full-batch loss and gradient.
+    """
+    if agg not in AGGS:
+        raise ValueError(f"agg: unknown {agg!r}; expected one of {list(AGGS)}")
+    row_loss, n_i = loss.sum(dim=-1), mask.sum(dim=-1)  # (B,), (B,)
+    if agg == "token-mean":
+        return row_loss.sum() / _at_least_one(n_i.sum() if num_tokens is None else num_tokens, row_loss)
+    if agg == "token-sum":
+        return row_loss.sum()
+    denom = _at_least_one((n_i > 0).sum() if num_seqs is None else num_seqs, row_loss)
+    if agg == "seq-mean-token-sum":
+        return row_loss.sum() / denom
+    if agg == "seq-mean-token-sum-norm":
+        return row_loss.sum() / denom / _at_least_one(mask.shape[-1] if loss_scale_factor is None else loss_scale_factor, row_loss)
+    return (row_loss / n_i.to(row_loss.dtype).clamp(min=1)).sum() / denom
+
+
+def policy_loss(
+    logp,
+    old_logp,
+    advantages,
+    mask,
+    method="ctpo",
+    agg="token-mean",
+    backend="python",
+    num_tokens=None,
+    num_seqs=None,
+    ref_logp=None,
+    beta=0.0,
+    rollout_is_weights=None,
+    loss_scale_factor=None,
+    **knobs,
+):
+    """The CTPO loss (and its PPO/GRPO/GSPO/sequence relatives): one entry point. Returns (loss, metrics).
+
+    logp:       (B, T) log pi(a_t|s_t), with gradient (from `token_logprobs`); <= 0 at mask=1 positions
+    old_logp:   (B, T) log pi_old(a_t|s_t) of the sampling policy (from `sample`), no gradient needed
+    advantages: (B,) or (B, 1) one per response, or (B, T) per token
+    mask:       (B, T) bool or 0/1; 1 = a token the policy generated
+    method:     grpo | gspo | sequence | ctpo | ctpo-fixed | ctpo-geomean; knobs override the preset:
+                clip_low, clip_high, clip_c, power, eps_low, eps_high, dual_c, geomean, stop_gradient,
+                delta_max, log_w_max, ratio, clip
+    agg, num_tokens, num_seqs, loss_scale_factor: see `aggregate` (verl's loss_agg_mode names)
+    backend:    python (this file) | ext (the fused C++/CUDA op: every method, stop-gradient form only)
+                | auto (ext if it builds, else python)
+    ref_logp, beta: optional k3 KL penalty to a frozen reference policy (paper: beta = 0)
+    rollout_is_weights: optional (B, T) >= 0 weights multiplying each token's loss (verl's name: truncated
+                importance weights between the inference engine's and the trainer's log-probs)
+    Only logp receives a gradient. Returns the scalar loss (float32, float64 for float64 logp) and a
+    dict of metrics (`loss_metrics`). Raises ValueError / TypeError naming a bad input or knob.
+    """
+    cfg = method_config(method, **knobs)
+    mask, old_logp, adv, ref_logp, rollout_is_weights = check_inputs(
+        logp, old_logp, advantages, mask, agg, backend, num_tokens, num_seqs, loss_scale_factor, ref_logp, beta, rollout_is_weights
+    )
+    counts = (num_tokens, num_seqs, loss_scale_factor)
+    use_ext = backend != "python" and _ext_usable(backend, cfg, logp)
+    if use_ext:  # one fused op: the loss, its metrics, and the inputs' value checks in the same pass
+        loss, metrics = _ext_policy_loss(logp, old_logp, adv, mask, cfg, rollout_is_weights, agg, *counts)
+    else:
+        check_values(logp, old_logp, adv, mask, rollout_is_weights)
+        loss_tok, log_w, t, flags = token_losses(logp, old_logp, adv, mask, cfg)
+        if rollout_is_weights is not None:  # where, not a product: padding weights may be anything
+            loss_tok = torch.where(mask, loss_tok * rollout_is_weights.to(loss_tok.dtype), 0.0)
+        loss = aggregate(loss_tok, mask, agg, *counts)
+        metrics = loss_metrics(log_w, mask, flags)
+    if beta != 0:
+        # both zeroed on padding (which may hold -inf), so the backward never meets exp() of garbage there
+        lp, ref = (torch.where(mask, x.float(), 0.0) for x in (logp, ref_logp))
+        kl = torch.where(mask, kl_k3(lp, ref), 0.0)
+        metrics["kl"] = aggregate(kl.detach(), mask, agg, *counts)
+        loss = loss + beta * aggregate(kl, mask, agg, *counts)
+    metrics["backend"] = "ext" if use_ext else "python"
+    return loss, metrics
+
+
+# =============================================================================
+# What a reader may skip: method presets and knob checks, input checks, metrics, and the call into the fused
+# extension (csrc/, loaded by ctpo_ext.py)
+
+RATIOS = {
+    "token": token_ratio,
+    "sequence": sequence_ratio,
+    "gspo": gspo_ratio,
+    "cumulative": cumulative_ratio,
+    "cumulative-geomean": cumulative_geomean_ratio,
+}
 CLIP_DEFAULTS = {  # the knobs of each clipping family, for a preset switched to the other family
     "ratio": dict(eps_low=0.2, eps_high=0.2, dual_c=3.0),
     "adaptive": dict(clip_low=0.025, clip_high=0.05, clip_c=0.05, power=0.5),
 }
-COMMON = dict(geomean=False, stop_gradient=True, delta_max=20.0, log_w_max=10.0)  # paper: clamp delta to +-20, log rho <= 10
-AGGS = ("token-mean", "token-sum", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
-BACKENDS = ("python", "ext", "auto")
 
 
 def method_config(method, **overrides):
@@ -416,13 +557,16 @@ def _check_knobs(cfg):
         need(0 <= cfg["clip_low"] < math.inf, "clip_low", "a finite number >= 0")
         need(0 <= cfg["clip_high"] < math.inf, "clip_high", "a finite number >= 0")
         need(0 < cfg["clip_c"] < math.inf, "clip_c", "a finite number > 0")
-        need(math.isfinite(cfg["power"]), "power", "a finite number (0.5: the paper's sqrt(t); 0: a fixed window)")
+        need(-math.inf < cfg["power"] < math.inf, "power", "a finite number (0.5: the paper's sqrt(t); 0: a fixed window)")
 
 
-def check_inputs(logp, old_logp, advantages, mask, check_values=True):
-    """Validate shapes, dtypes and devices; return the mask as bool, old_logp and the advantages as (B, T), detached.
-    check_values: also the per-token pass that rejects NaN / inf at mask=1 positions (`check_finite`); the fused
-    kernel does that check itself, in the same pass as the loss."""
+def check_inputs(
+    logp, old_logp, advantages, mask, agg="token-mean", backend="python", num_tokens=None, num_seqs=None, loss_scale_factor=None,
+    ref_logp=None, beta=0.0, rollout_is_weights=None,
+):  # fmt: skip
+    """Validate types, shapes, devices and the scalar arguments, once, for both backends (the values are checked by
+    `check_values` or by the kernel, in its pass). Returns mask (bool), old_logp, the advantages ((B,) or (B, T)),
+    ref_logp and rollout_is_weights, detached: only logp gets a gradient."""
     for name, x in (("logp", logp), ("old_logp", old_logp), ("advantages", advantages), ("mask", mask)):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
@@ -431,10 +575,15 @@ def check_inputs(logp, old_logp, advantages, mask, check_values=True):
     for name, x in (("logp", logp), ("old_logp", old_logp), ("advantages", advantages)):
         if not x.is_floating_point():
             raise TypeError(f"{name}: expected a floating dtype (float16/bfloat16/float32/float64), got {x.dtype}")
-    if old_logp.shape != logp.shape or mask.shape != logp.shape:
-        raise ValueError(f"old_logp, mask: expected shape {tuple(logp.shape)} like logp, got {tuple(old_logp.shape)}, {tuple(mask.shape)}")
+    for name, x in (("old_logp", old_logp), ("mask", mask)):
+        if x.shape != logp.shape:
+            raise ValueError(f"{name}: expected shape {tuple(logp.shape)} like logp, got {tuple(x.shape)}")
+    if advantages.shape == (logp.shape[0], 1):  # TRL's advantages.unsqueeze(1), verl's broadcasting: one per row
+        advantages = advantages[:, 0]
     if advantages.shape not in (logp.shape[:1], logp.shape):
-        raise ValueError(f"advantages: expected shape ({logp.shape[0]},) or {tuple(logp.shape)}, got {tuple(advantages.shape)}")
+        raise ValueError(
+            f"advantages: expected shape ({logp.shape[0]},), ({logp.shape[0]}, 1) or {tuple(logp.shape)}, got {tuple(advantages.shape)}"
+        )
     if mask.dtype != torch.bool:
         if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
             raise ValueError(f"mask: expected bool or 0/1 values, got dtype {mask.dtype} with other values")
@@ -442,281 +591,173 @@ def check_inputs(logp, old_logp, advantages, mask, check_values=True):
     for name, x in (("old_logp", old_logp), ("advantages", advantages), ("mask", mask)):
         if x.device != logp.device:
             raise ValueError(f"{name}: expected device {logp.device} like logp, got {x.device}")
-    # old_logp and the advantages are data, never differentiated (the README's contract: only logp gets a gradient)
-    old_logp, advantages = old_logp.detach(), advantages.detach()
-    adv = advantages if advantages.dim() == 2 else advantages[:, None].expand_as(logp)
-    if check_values:
-        check_finite(logp, old_logp, adv, mask)
-    return mask, old_logp, adv
-
-
-def check_finite(logp, old_logp, adv, mask):
-    """ValueError naming the first of logp, old_logp, advantages with a NaN or inf at a mask=1 position."""
-    # one pass for the common case (a NaN or inf in any input makes the sum non-finite), then find which
-    if not bool(torch.isfinite(torch.where(mask, logp.detach().float() + old_logp.float() + adv.float(), 0.0)).all()):
-        for name, x in (("logp", logp), ("old_logp", old_logp), ("advantages", adv)):
-            if not bool(torch.isfinite(torch.where(mask, x.detach(), 0.0)).all()):
-                raise ValueError(f"{name}: NaN or inf at a mask=1 position")
-
-
-def check_token_tensor(name, x, logp, mask, nonnegative=False, check_values=True):
-    """Validate an optional per-token input (ref_logp, rollout_is_weights): a (B, T) float tensor like logp,
-    finite (and >= 0 if asked) at every mask=1 position (check_values=False: the fused kernel checks the values).
-    Returns it detached: it never gets a gradient."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if x.shape != logp.shape or not x.is_floating_point():
-        raise ValueError(f"{name}: expected a float tensor of shape {tuple(logp.shape)} like logp, got {tuple(x.shape)} {x.dtype}")
-    if x.device != logp.device:
-        raise ValueError(f"{name}: expected device {logp.device} like logp, got {x.device}")
-    x = x.detach()
-    if check_values:
-        ok = torch.isfinite(x) & (x >= 0) if nonnegative else torch.isfinite(x)
-        if not bool((ok | ~mask).all()):
-            raise ValueError(_bad_values_message(name, nonnegative))
-    return x
-
-
-def _bad_values_message(name, nonnegative):
-    return f"{name}: expected finite{' non-negative' if nonnegative else ''} values at every mask=1 position"
-
-
-def importance_log_weights(logp, old_logp, mask, cfg):
-    """log w_t for the method in cfg, computed in float32 or better. Returns (B, T)."""
-    dtype = torch.promote_types(logp.dtype, torch.float32)
-    logp = logp.to(dtype)
-    delta = (logp - old_logp.to(dtype)).clamp(-cfg["delta_max"], cfg["delta_max"])  # (B, T)
-    # the clamp guards the value only: d delta / d logp stays 1, as in the authors' sg(S) + logp - sg(logp)
-    delta = delta.detach() + (logp - logp.detach())
-    if cfg["ratio"] == "cumulative":
-        log_w = cumulative_ratio(delta, mask, cfg["stop_gradient"], cfg["geomean"])
-    else:
-        log_w = RATIOS[cfg["ratio"]](delta, mask, cfg["stop_gradient"])
-    return log_w.clamp(max=cfg["log_w_max"])  # exp() of a long sum must not overflow
-
-
-def clip_bounds(t, cfg, dtype=torch.float32):
-    """(lower, upper, dual) log-space bounds of the method in cfg: scalars or (B, T) tensors."""
-    if cfg["clip"] == "ratio":
-        return ratio_clip_bounds(cfg["eps_low"], cfg["eps_high"], cfg["dual_c"])
-    return adaptive_clip_bounds(t, cfg["clip_low"], cfg["clip_high"], cfg["clip_c"], cfg["power"], dtype)
-
-
-def token_losses(logp, old_logp, adv, mask, cfg):
-    """The CTPO loss per token (and its PPO-family relatives), the Python reference the kernel matches.
-
-    The paper's loss step by step: delta_t = clamp(logp - old_logp, +-20); S_t = sum_{t'<=t} m delta;
-    log rho_t = min(sg(S_t) + logp_t - sg(logp_t), 10)  (importance_log_weights);  t = count of mask
-    tokens so far (response_position);  window [-clip_low t^p, clip_high t^p], dual cap clip_c t^p
-    (adaptive_clip_bounds);  L_t = max(-A rho, -A clip(rho)), min(., -A e^(clip_c t^p)) for A < 0
-    (clipped_surrogate);  0 off the mask. Returns (loss (B, T), log_w, t, flags).
-    """
-    # padding may hold anything (-inf log-probs, NaN advantages): zero it so that no NaN reaches a
-    # value or, through an unused branch, a gradient
-    logp, old_logp, adv = (torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device)) for x in (logp, old_logp, adv))
-    t = response_position(mask)  # (B, T)
-    log_w = importance_log_weights(logp, old_logp, mask, cfg)  # (B, T)
-    lower, upper, dual = clip_bounds(t, cfg, log_w.dtype)
-    loss, flags = clipped_surrogate(log_w, adv.to(log_w.dtype), lower, upper, dual)
-    zero = torch.zeros((), dtype=loss.dtype, device=loss.device)
-    return torch.where(mask, loss, zero), log_w, t, tuple(f & mask for f in flags)
-
-
-def aggregate(loss, mask, agg="token-mean", num_tokens=None, num_seqs=None, loss_scale_factor=None):
-    """Reduce per-token losses (B, T) to a scalar over mask tokens (verl's loss_agg_mode names).
-
-    token-mean:              sum_{i,t} L / num_tokens        (default: this batch's mask count)
-    token-sum:               sum_{i,t} L
-    seq-mean-token-mean:     sum_i (sum_t L / n_i) / num_seqs (default: rows with at least one token)
-    seq-mean-token-sum:      sum_{i,t} L / num_seqs
-    seq-mean-token-sum-norm: sum_{i,t} L / num_seqs / loss_scale_factor  (Dr. GRPO; default: T, the
-                             padded response length; pass the max response length to keep it constant)
-    With gradient accumulation or several ranks, pass the global num_tokens / num_seqs: then summing
-    the micro-batch losses gives exactly the full-batch loss and gradient. Every mode is a function of the
-    per-row sums sum_t L and the row token counts n_i (`aggregate_rows`, which the fused kernel feeds).
-    """
-    return aggregate_rows(loss.sum(dim=-1), mask.sum(dim=-1), mask.shape[-1], agg, num_tokens, num_seqs, loss_scale_factor)
-
-
-def aggregate_rows(row_loss, n_i, T, agg="token-mean", num_tokens=None, num_seqs=None, loss_scale_factor=None):
-    """`aggregate` from per-row loss sums row_loss (B,) and per-row token counts n_i (B,); T = mask.shape[-1]."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: unknown {backend!r}; expected one of {list(BACKENDS)}")
     if agg not in AGGS:
         raise ValueError(f"agg: unknown {agg!r}; expected one of {list(AGGS)}")
     for name, x in (("num_tokens", num_tokens), ("num_seqs", num_seqs), ("loss_scale_factor", loss_scale_factor)):
         if x is not None and not isinstance(x, torch.Tensor) and not (isinstance(x, (int, float)) and 0 <= x < math.inf):
             raise ValueError(f"{name}: expected a finite count >= 0 (or None), got {x!r}")
-    if agg == "token-mean":
-        return row_loss.sum() / _at_least_one(n_i.sum() if num_tokens is None else num_tokens, row_loss)
-    if agg == "token-sum":
-        return row_loss.sum()
-    denom = _at_least_one((n_i > 0).sum() if num_seqs is None else num_seqs, row_loss)
-    if agg == "seq-mean-token-sum":
-        return row_loss.sum() / denom
-    if agg == "seq-mean-token-sum-norm":
-        return row_loss.sum() / denom / _at_least_one(T if loss_scale_factor is None else loss_scale_factor, row_loss)
-    return (row_loss / n_i.to(row_loss.dtype).clamp(min=1)).sum() / denom
-
-
-def _at_least_one(count, like):
-    # an empty batch gives loss 0, not 0/0
-    return torch.as_tensor(count, dtype=like.dtype, device=like.device).clamp(min=1)
-
-
-QUANTILE_SAMPLE = 4096  # the ratio quantiles look at about this many positions (all of them below)
-QUANTILES = (10, 50, 90)  # ratio_q10 / q50 / q90, in percent
-
-
-def quantile_stride(B, T):
-    """Stride s of the quantiles' subsample: flat positions 0, s, 2s, ... of a (B, T) batch, s = ceil(B T / 4096),
-    raised to the next integer coprime to T, so that the sample visits every response position t evenly (a stride
-    that divides T would see the same few positions in every row)."""
-    s = max(1, -(-B * T // QUANTILE_SAMPLE))
-    while T > 1 and math.gcd(s, T) != 1:
-        s += 1
-    return s
-
-
-def log_w_quantiles(log_w, mask):
-    """Nearest-rank 10/50/90 % quantiles (k = max(1, ceil(q n / 100))) of log w over the mask tokens among the
-    positions of `quantile_stride` (if those positions hold none, a sparse mask: the first 4096 mask tokens in
-    flat order; 0 if there are none). (3,).
-    Exact up to 4096 positions; beyond, those of a sample of about 4096 evenly strided positions: the returned
-    value's rank among all mask tokens is then off by about 1/sqrt(4096) = 1.6 % of the count at most in
-    practice (tests/test_ext.py checks +-3 % on 2^20 tokens)."""
-    s = quantile_stride(*mask.shape)
-    sample = log_w.reshape(-1)[::s][mask.reshape(-1)[::s]]
-    if sample.numel() == 0:  # a sparse mask that the stride missed, or no tokens at all
-        sample = log_w[mask][:QUANTILE_SAMPLE]
-    if sample.numel() == 0:
-        return log_w.new_zeros(len(QUANTILES))
-    return torch.stack([sample.kthvalue(max(1, math.ceil(q / 100 * sample.numel()))).values for q in QUANTILES])
-
-
-@torch.no_grad()
-def loss_metrics(log_w, mask, flags):
-    """Clip fractions (high / low / dual, paper directions), weight statistics, per-position data.
-
-    The per-token data are reduced to a few sums first (the fused kernel returns the same sums per row, and
-    `metrics_from_sums` finishes both backends' metrics): n_tokens, clip counts (0-dim int64), clip fractions,
-    ratio_mean / min / max and the ratio quantiles ratio_q10 / q50 / q90 (`log_w_quantiles`: exact up to 4096
-    positions, a strided subsample beyond), float32; all 1 (on-policy) without tokens. Per-token (B, T) data
-    for plots against the position t = response_position(mask) (the paper's Figure 1): log_w, clipped (bool).
-    """
-    high, low, dual = flags
-    inf = torch.tensor(float("inf"), dtype=log_w.dtype, device=log_w.device)
-    if log_w.numel() == 0:  # B = 0 or T = 0: amin / amax of nothing is an error
-        lw_min, lw_max = inf, -inf
-    else:
-        lw_min, lw_max = torch.where(mask, log_w, inf).amin(), torch.where(mask, log_w, -inf).amax()
-    sum_w = torch.where(mask, torch.exp(log_w.float()), 0.0).sum()  # the importance weights actually used
-    counts = (mask.sum(), high.sum(), low.sum(), dual.sum(), (high | low | dual).sum())
-    m = metrics_from_sums(torch.stack(counts), sum_w, lw_min, lw_max, log_w_quantiles(log_w, mask))
-    m["log_w"], m["clipped"] = log_w.detach(), high | low | dual
-    return m
-
-
-def metrics_from_sums(counts, sum_w, lw_min, lw_max, lw_q):
-    """The scalar metrics from the batch's counts (5,): mask tokens, clipped high / low / dual, clipped by any;
-    the sum of w over mask tokens, the min / max of log w (0-dim) and its quantiles (3,). A few vector ops, so
-    that a training step's metrics cost microseconds."""
-    counts = counts.long()
-    n = counts[0]
-    nf = n.clamp(min=1).float()
-    frac = counts[1:].float() / nf  # (4,)
-    empty = n == 0  # nothing to describe: report the on-policy value 1, never NaN or inf
-    lw = torch.cat([lw_min.view(1), lw_max.view(1), lw_q.view(-1)]).float()
-    w = torch.where(empty, 1.0, torch.cat([sum_w.float().view(1) / nf, torch.exp(lw)]))  # exp is monotone: exp of the extremes
-    c, f, w = counts.unbind(), frac.unbind(), w.unbind()
-    m = {"n_tokens": c[0], "n_clip_high": c[1], "n_clip_low": c[2], "n_clip_dual": c[3]}
-    m["clip_frac_high"], m["clip_frac_low"], m["clip_frac_dual"], m["clip_frac"] = f
-    m["ratio_mean"], m["ratio_min"], m["ratio_max"] = w[:3]
-    for i, q in enumerate(QUANTILES):
-        m[f"ratio_q{q}"] = w[3 + i]
-    return m
-
-
-def policy_loss(
-    logp,
-    old_logp,
-    advantages,
-    mask,
-    method="ctpo",
-    agg="token-mean",
-    backend="python",
-    num_tokens=None,
-    num_seqs=None,
-    ref_logp=None,
-    beta=0.0,
-    rollout_is_weights=None,
-    loss_scale_factor=None,
-    **knobs,
-):
-    """The CTPO loss (and its PPO/GRPO/GSPO/sequence relatives): one entry point. Returns (loss, metrics).
-
-    logp:       (B, T) log pi(a_t|s_t), with gradient (from `token_logprobs`)
-    old_logp:   (B, T) log pi_old(a_t|s_t) of the sampling policy (from `sample`), no gradient needed
-    advantages: (B,) one per response, or (B, T) per token
-    mask:       (B, T) bool or 0/1; 1 = a token the policy generated
-    method:     grpo | gspo | sequence | ctpo | ctpo-fixed | ctpo-geomean; knobs override the preset:
-                clip_low, clip_high, clip_c, power, eps_low, eps_high, dual_c, geomean, stop_gradient,
-                delta_max, log_w_max, ratio, clip
-    agg, num_tokens, num_seqs, loss_scale_factor: see `aggregate` (verl's loss_agg_mode names)
-    backend:    python (this file) | ext (the fused C++/CUDA op: every method, stop-gradient form only)
-                | auto (ext if it builds, else python)
-    ref_logp, beta: optional k3 KL penalty to a frozen reference policy (paper: beta = 0)
-    rollout_is_weights: optional (B, T) >= 0 weights multiplying each token's loss (verl's name: truncated
-                importance weights between the inference engine's and the trainer's log-probs)
-    Only logp receives a gradient. Returns the scalar loss (float32, float64 for float64 logp) and a
-    dict of metrics (`loss_metrics`). Raises ValueError / TypeError naming a bad input or knob.
-    """
-    mask, old_logp, adv = check_inputs(logp, old_logp, advantages, mask, check_values=False)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: unknown {backend!r}; expected one of {list(BACKENDS)}")
-    if agg not in AGGS:
-        raise ValueError(f"agg: unknown {agg!r}; expected one of {list(AGGS)}")
     if not (isinstance(beta, (int, float)) and 0 <= beta < math.inf):
         raise ValueError(f"beta: expected a finite number >= 0, got {beta!r}")
     if beta != 0:
         if ref_logp is None:
             raise ValueError("ref_logp: required when beta != 0")
         ref_logp = check_token_tensor("ref_logp", ref_logp, logp, mask)
-    cfg = method_config(method, **knobs)
-    use_ext = backend != "python" and _ext_usable(backend, cfg, logp)
-    if rollout_is_weights is not None:  # its values: checked here for Python, by the kernel for ext
-        rollout_is_weights = check_token_tensor(
-            "rollout_is_weights", rollout_is_weights, logp, mask, nonnegative=True, check_values=not use_ext
+        check_token_values("ref_logp", ref_logp, mask)  # not an input of the fused op: checked here on both backends
+    if rollout_is_weights is not None:
+        rollout_is_weights = check_token_tensor("rollout_is_weights", rollout_is_weights, logp, mask)
+    return mask, old_logp.detach(), advantages.detach(), ref_logp, rollout_is_weights
+
+
+def check_token_tensor(name, x, logp, mask):
+    """An optional per-token input (ref_logp, rollout_is_weights): a (B, T) float tensor like logp. Returns it detached."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.shape != logp.shape or not x.is_floating_point():
+        raise ValueError(f"{name}: expected a float tensor of shape {tuple(logp.shape)} like logp, got {tuple(x.shape)} {x.dtype}")
+    if x.device != logp.device:
+        raise ValueError(f"{name}: expected device {logp.device} like logp, got {x.device}")
+    return x.detach()
+
+
+def check_token_values(name, x, mask, nonnegative=False):
+    """ValueError unless x is finite (and >= 0 if asked) at every mask=1 position."""
+    ok = torch.isfinite(x) & (x >= 0) if nonnegative else torch.isfinite(x)
+    if not bool((ok | ~mask).all()):
+        raise ValueError(_bad_values_message(name, nonnegative))
+
+
+def _bad_values_message(name, nonnegative):
+    return f"{name}: expected finite{' non-negative' if nonnegative else ''} values at every mask=1 position"
+
+
+# A log-probability is <= 0. log_softmax in float32 can return a rounding residue above 0 (~1e-7, ~1e-6 for a
+# logsumexp of 100); bfloat16 / float16 storage keeps the sign and the size of such a residue. The margin is also
+# below the smallest clip window (clip_low = 0.025 at t = 1): a log-prob off by more than that would change which
+# tokens clip, so it is an error either way. Probabilities or logits passed as log-probs exceed it in any batch.
+LOGP_MARGIN = 0.01
+
+
+def check_values(logp, old_logp, adv, mask, rollout_is_weights=None):
+    """The Python backend's value checks (the kernel makes the same in its pass): ValueError naming a rollout weight
+    that is negative or not finite, the first of logp, old_logp, advantages with a NaN or inf at a mask=1
+    position, then the first of logp, old_logp with a value above LOGP_MARGIN there (probabilities or logits?)."""
+    if rollout_is_weights is not None:
+        check_token_values("rollout_is_weights", rollout_is_weights, mask, nonnegative=True)
+    adv = adv[:, None].expand_as(logp) if adv.dim() == 1 else adv
+    # one pass for the common case (a NaN or inf in any input makes the sum non-finite), then find which
+    if not bool(torch.isfinite(torch.where(mask, logp.detach().float() + old_logp.float() + adv.float(), 0.0)).all()):
+        for name, x in (("logp", logp), ("old_logp", old_logp), ("advantages", adv)):
+            if not bool(torch.isfinite(torch.where(mask, x.detach(), 0.0)).all()):
+                raise ValueError(f"{name}: NaN or inf at a mask=1 position")
+    if logp.numel() > 0:
+        top = torch.where(mask, torch.maximum(logp.detach().float(), old_logp.float()), -math.inf).amax()
+        if bool(top > LOGP_MARGIN):
+            for name, x in (("logp", logp), ("old_logp", old_logp)):
+                check_logp_max(name, torch.where(mask, x.detach().float(), -math.inf).amax().item())
+
+
+def check_logp_max(name, largest):
+    """ValueError if `largest`, the largest value of a log-prob input at a mask=1 position, is above LOGP_MARGIN."""
+    if largest > LOGP_MARGIN:
+        raise ValueError(
+            f"{name}: expected log-probabilities (<= 0, up to a rounding margin of {LOGP_MARGIN}) at mask=1 positions, "
+            f"got a largest value of {largest:.6g}: probabilities or logits?"
         )
-    if use_ext:  # one fused op: loss, per-row sums, metric partials and the value checks
-        loss, metrics = _ext_policy_loss(logp, old_logp, adv, mask, cfg, rollout_is_weights, agg, num_tokens, num_seqs, loss_scale_factor)
-    else:
-        check_finite(logp, old_logp, adv, mask)
-        loss_tok, log_w, t, flags = token_losses(logp, old_logp, adv, mask, cfg)
-        if rollout_is_weights is not None:  # where, not a product: padding weights may be anything
-            loss_tok = torch.where(mask, loss_tok * rollout_is_weights.to(loss_tok.dtype), 0.0)
-        loss = aggregate(loss_tok, mask, agg, num_tokens, num_seqs, loss_scale_factor)
-        metrics = loss_metrics(log_w, mask, flags)
-    if beta != 0:
-        # both zeroed on padding (which may hold -inf), so the backward never meets exp() of garbage there
-        lp, ref = (torch.where(mask, x.float(), 0.0) for x in (logp, ref_logp))
-        kl = torch.where(mask, kl_k3(lp, ref), 0.0)
-        metrics["kl"] = aggregate(kl.detach(), mask, agg, num_tokens, num_seqs, loss_scale_factor)
-        loss = loss + beta * aggregate(kl, mask, agg, num_tokens, num_seqs, loss_scale_factor)
-    metrics["backend"] = "ext" if use_ext else "python"
-    return loss, metrics
 
 
-def kl_k3(logp, ref_logp):
-    """k3 estimator of KL(pi || pi_ref) per token (Schulman 2020): exp(d) - d - 1 with d = ref - logp >= 0."""
-    d = (ref_logp - logp).clamp(-20, 20)
-    return torch.exp(d) - d - 1
+def _at_least_one(count, like):
+    # an empty batch gives loss 0, not 0/0. A Python (or symbolic) number stays one: as_tensor would make torch.compile
+    # specialise on it, and recompile for every new T (the default loss_scale_factor)
+    if isinstance(count, torch.Tensor):
+        return count.to(like.dtype).clamp(min=1)
+    return torch.sym_max(count, 1)
 
 
-# -----------------------------------------------------------------------------
-# The fused extension backend (csrc/, loaded by ctpo_ext.py): one op computes, per row, everything the Python
-# path above computes per token (loss, log w, clip flags, the metrics' sums, the inputs' value checks); here
-# only O(B) values are aggregated. Every ratio and clip family; the stop-gradient form only.
+QUANTILE_SAMPLE = 4096  # the ratio quantiles look at this many positions at most (all of them below)
+WEYL = 0x9E3779B9  # 2^32 / golden ratio: the sample's columns, a Weyl sequence in 32-bit fixed point
+QUANTILES = (10, 50, 90)  # ratio_q10 / q50 / q90, in percent
+
+
+def quantile_sample(B, T, device=None):
+    """The quantiles' sample of a (B, T) batch: flat positions (K,) long and which exist (K,) bool, K = QUANTILE_SAMPLE.
+    With B T <= K every position; else position k at row floor(k B / K), column floor(frac(k phi) T) (a Weyl
+    sequence: every row's samples spread over all its positions, whatever T divides). Tensor arithmetic only, so
+    it traces with symbolic B, T. csrc/ctpo_layout.h is the same rule."""
+    k = torch.arange(QUANTILE_SAMPLE, device=device)
+    if B * T <= QUANTILE_SAMPLE:
+        return k.clamp(max=max(B * T - 1, 0)), k < B * T
+    col = ((k * WEYL) & 0xFFFFFFFF) * T >> 32
+    return (k * B) // QUANTILE_SAMPLE * T + col, torch.ones_like(k, dtype=torch.bool)
+
+
+def log_w_quantiles(log_w, mask):
+    """Nearest-rank 10/50/90 % quantiles (k = max(1, ceil(q n / 100))) of log w over the mask tokens of
+    `quantile_sample` (if it holds none, a sparse mask: the first 4096 mask tokens in flat order; 0 if there are
+    none). (3,). Exact up to 4096 positions; beyond, the returned value's rank among all mask tokens is off by
+    about 1/sqrt(4096) = 1.6 % of the count (tests/test_ext_policy_loss.py checks +-3 % on 2^20 tokens)."""
+    B, T = mask.shape
+    if B * T == 0:
+        return log_w.new_zeros(len(QUANTILES))
+    lw, m = log_w.detach().reshape(-1), mask.reshape(-1)
+    pos, valid = quantile_sample(B, T, log_w.device)
+    valid = valid & m[pos]
+    rank = m.cumsum(0)  # (B T,) mask tokens up to each position
+    r = torch.arange(1, QUANTILE_SAMPLE + 1, device=log_w.device)
+    missed = ~valid.any()  # the sample caught no mask token: take the first ones (rank r is at searchsorted(rank, r))
+    pos = torch.where(missed, torch.searchsorted(rank, r).clamp(max=B * T - 1), pos)
+    valid = torch.where(missed, r <= rank[-1], valid)
+    vals = torch.where(valid, lw[pos], math.nan).sort().values  # NaN (the missing) sorts last
+    n = valid.sum()
+    kth = ((torch.tensor(QUANTILES, device=log_w.device) * n + 99) // 100).clamp(min=1) - 1
+    return torch.where(n > 0, vals[kth], 0.0)
+
+
+@torch.no_grad()
+def loss_metrics(log_w, mask, flags):
+    """Clip fractions (high / low / dual, paper directions), weight statistics, per-position data.
+
+    n_tokens, clip counts (0-dim int64); clip fractions, ratio_mean / min / max and the ratio quantiles ratio_q10 /
+    q50 / q90 (`log_w_quantiles`: exact up to 4096 positions, a sample beyond), float32; all 1 (on-policy) without
+    tokens. Per-token (B, T) data for plots against the position t = response_position(mask) (the paper's
+    Figure 1): log_w, clipped (bool). The fused op computes the same numbers (ratio_mean: its sum is in float64).
+    """
+    high, low, dual = flags
+    clipped = high | low | dual
+    n = mask.sum()
+    nf, empty = n.clamp(min=1).float(), n == 0
+    m = {"n_tokens": n, "n_clip_high": high.sum(), "n_clip_low": low.sum(), "n_clip_dual": dual.sum()}
+    for name, f in (("clip_frac_high", high), ("clip_frac_low", low), ("clip_frac_dual", dual), ("clip_frac", clipped)):
+        m[name] = f.sum().float() / nf
+    lw = log_w.detach().float()
+    inf = torch.full((1,), math.inf, device=lw.device)
+    lw_min = torch.cat([torch.where(mask, lw, math.inf).reshape(-1), inf]).amin()  # the sentinel: B T may be 0
+    lw_max = torch.cat([torch.where(mask, lw, -math.inf).reshape(-1), -inf]).amax()
+    extremes = torch.stack([lw_min, lw_max, *log_w_quantiles(log_w, mask).float()]).double().exp().float()  # as the kernel rounds them
+    w = torch.cat([(torch.where(mask, lw.exp(), 0.0).sum() / nf)[None], extremes])
+    w = torch.where(empty, 1.0, w)  # nothing to describe: the on-policy value 1, never NaN or inf
+    for name, v in zip(("ratio_mean", "ratio_min", "ratio_max", *(f"ratio_q{q}" for q in QUANTILES)), w.unbind()):
+        m[name] = v
+    m["log_w"], m["clipped"] = log_w.detach(), clipped
+    return m
+
 
 _ext_warned = False
+
+
+@torch.compiler.assume_constant_result  # run eagerly, also while torch.compile traces policy_loss: a build cannot be traced
+def _ext_problem(device_type):
+    """Why the fused op cannot run on `device_type` tensors, or None. Loads (builds) the extension on first use."""
+    try:
+        import ctpo_ext
+
+        ctpo_ext.load()
+        if not ctpo_ext.supports_device(device_type):
+            return f"the extension was built without a kernel for {device_type} tensors"
+    except Exception as e:  # a missing compiler, a failed build
+        return f"the extension could not be loaded ({e}); build it with `pip install --no-build-isolation -e .`"
+    return None
 
 
 def _ext_usable(backend, cfg, logp):
@@ -725,13 +766,7 @@ def _ext_usable(backend, cfg, logp):
     if not cfg["stop_gradient"]:
         why = "the fused kernel implements the stop-gradient form only; stop_gradient=False is a Python teaching option (backend='python')"
     else:
-        try:
-            import ctpo_ext
-
-            if not ctpo_ext.supports(logp):
-                why = f"the extension was built without a kernel for {logp.device.type} tensors"
-        except Exception as e:  # a missing compiler, a failed build
-            why = f"the extension could not be loaded ({e}); build it with `pip install --no-build-isolation -e .`"
+        why = _ext_problem(logp.device.type)
     if why is None:
         return True
     if backend == "ext":
@@ -751,28 +786,34 @@ def _ext_op_args(cfg):
     return ratio, -cfg["clip_low"], cfg["clip_high"], cfg["clip_c"], cfg["power"]
 
 
-_EXT_INPUT_NAMES = ((8, "logp", False), (9, "old_logp", False), (10, "advantages", False), (11, "rollout_is_weights", True))
-
-
 def _ext_policy_loss(logp, old_logp, adv, mask, cfg, rollout_is_weights, agg, num_tokens, num_seqs, loss_scale_factor):
+    """policy_loss's ext branch: one op computes the loss, the metrics and the inputs' value checks."""
     import ctpo_ext
 
-    ratio, lower, upper, dual, power = _ext_op_args(cfg)
-    B, T = mask.shape
-    out = torch.ops.ctpo.policy_loss(
-        logp, old_logp, adv, mask, rollout_is_weights, ctpo_ext.RATIO_CODES[ratio], float(lower), float(upper), float(dual),
-        float(power), float(cfg["delta_max"]), float(cfg["log_w_max"]), quantile_stride(B, T),
-    )  # fmt: skip
-    loss_tok, row_loss, log_w, clipped, _, stats, tot, lw_q = out  # stats (12, B), tot (12,): ctpo_ext.STATS
-    # the inputs' value checks, as check_finite / check_token_tensor would raise them (one sync, O(1) data)
-    if torch.compiler.is_compiling():
-        torch._assert_async(tot[8:].sum() == 0, "policy_loss: NaN or inf (or a negative rollout weight) at a mask=1 position")
-    elif bool(tot[8:].any()):
-        for col, name, nonneg in _EXT_INPUT_NAMES:
-            if bool(tot[col]):
-                raise ValueError(_bad_values_message(name, nonneg) if nonneg else f"{name}: NaN or inf at a mask=1 position")
-    # row sums in float64 (the kernel's accumulator): the aggregate is rounded once, to the loss's dtype
-    loss = aggregate_rows(row_loss, stats[0], T, agg, num_tokens, num_seqs, loss_scale_factor).to(loss_tok.dtype)
-    m = metrics_from_sums(tot[:5], tot[5], tot[6], tot[7], lw_q)  # without tokens: min +inf, max -inf, shown as 1
+    counts = (num_tokens, num_seqs, loss_scale_factor)
+    given = [1.0 if isinstance(x, torch.Tensor) else x for x in counts]  # a tensor count divides below (no host sync)
+    knobs = (*_ext_op_args(cfg), cfg["delta_max"], cfg["log_w_max"], agg, *given)
+    loss, n, stats, log_w, clipped = ctpo_ext.policy_loss(logp, old_logp, adv, mask, rollout_is_weights, *knobs)
+    _raise_bad_values(n[4], stats)
+    for x, used in zip(counts, (agg == "token-mean", agg.startswith("seq-"), agg == "seq-mean-token-sum-norm")):
+        if isinstance(x, torch.Tensor) and used:
+            loss = loss / x.to(loss.dtype).clamp(min=1)
+    m = dict(zip(ctpo_ext.COUNTS[:4], n.unbind()[:4])) | dict(zip(ctpo_ext.METRICS[:10], stats.unbind()[:10]))
     m["log_w"], m["clipped"] = log_w, clipped
     return loss, m
+
+
+def _raise_bad_values(check, stats):
+    """The kernel's value checks (counts[4], bits of ctpo_ext.CHECKS), raised as the Python backend raises them."""
+    if torch.compiler.is_compiling():  # no host sync in a graph: an asynchronous assert
+        torch._assert_async(check == 0, "policy_loss: NaN or inf, a negative rollout weight, or a log-prob above 0 at a mask=1 position")
+        return
+    bits = int(check)  # the one host sync of the ext path
+    if bits & 8:
+        raise ValueError(_bad_values_message("rollout_is_weights", True))
+    for bit, name in ((1, "logp"), (2, "old_logp"), (4, "advantages")):
+        if bits & bit:
+            raise ValueError(f"{name}: NaN or inf at a mask=1 position")
+    for bit, name, col in ((16, "logp", 10), (32, "old_logp", 11)):
+        if bits & bit:
+            check_logp_max(name, stats[col].item())

@@ -20,7 +20,7 @@ inline bool is_float_dtype(at::ScalarType t) {
 // ValueError / TypeError naming the argument, as ctpo.check_inputs does
 inline void check_inputs(const at::Tensor& logp, const at::Tensor& old_logp, const at::Tensor& adv, const at::Tensor& mask,
                          const std::optional<at::Tensor>& rw, int64_t ratio, double power, double delta_max, double log_w_max,
-                         int64_t sample_stride) {
+                         int64_t agg) {
   TORCH_CHECK_VALUE(logp.dim() == 2, "ctpo::policy_loss: logp: expected shape (B, T), got ", logp.sizes());
   TORCH_CHECK_TYPE(is_float_dtype(logp.scalar_type()),
                    "ctpo::policy_loss: logp: expected float16/bfloat16/float32/float64, got ", logp.scalar_type());
@@ -31,8 +31,8 @@ inline void check_inputs(const at::Tensor& logp, const at::Tensor& old_logp, con
   TORCH_CHECK_TYPE(mask.scalar_type() == at::kBool, "ctpo::policy_loss: mask: expected a bool tensor, got ", mask.scalar_type());
   TORCH_CHECK_VALUE(old_logp.sizes() == logp.sizes(), "ctpo::policy_loss: old_logp: expected shape ", logp.sizes(), " like logp, got ",
                     old_logp.sizes());
-  TORCH_CHECK_VALUE(adv.sizes() == logp.sizes(), "ctpo::policy_loss: adv: expected shape ", logp.sizes(),
-                    " like logp (expand a (B,) tensor with adv[:, None].expand_as(logp)), got ", adv.sizes());
+  TORCH_CHECK_VALUE(adv.sizes() == logp.sizes() || (adv.dim() == 1 && adv.size(0) == logp.size(0)), "ctpo::policy_loss: adv: expected shape ",
+                    logp.sizes(), " like logp, or (", logp.size(0), ",), got ", adv.sizes());
   TORCH_CHECK_VALUE(mask.sizes() == logp.sizes(), "ctpo::policy_loss: mask: expected shape ", logp.sizes(), " like logp, got ",
                     mask.sizes());
   TORCH_CHECK_VALUE(old_logp.device() == logp.device(), "ctpo::policy_loss: old_logp: expected device ", logp.device(),
@@ -53,8 +53,20 @@ inline void check_inputs(const at::Tensor& logp, const at::Tensor& old_logp, con
   TORCH_CHECK_VALUE(std::isfinite(power), "ctpo::policy_loss: power: expected a finite number, got ", power);
   TORCH_CHECK_VALUE(delta_max > 0, "ctpo::policy_loss: delta_max: expected > 0, got ", delta_max);
   TORCH_CHECK_VALUE(log_w_max >= 0, "ctpo::policy_loss: log_w_max: expected >= 0, got ", log_w_max);
-  TORCH_CHECK_VALUE(sample_stride >= 1, "ctpo::policy_loss: sample_stride: expected >= 1, got ", sample_stride);
+  TORCH_CHECK_VALUE(agg >= ctpo_layout::kTokenMean && agg <= ctpo_layout::kSeqMeanTokenSumNorm,
+                    "ctpo::policy_loss: agg: expected 0 token-mean, 1 token-sum, 2 seq-mean-token-mean, 3 seq-mean-token-sum, "
+                    "4 seq-mean-token-sum-norm; got ", agg);
 }
+
+// the aggregation's arguments; a count that is not given is the batch's own (-1)
+inline ctpo_layout::AggArgs agg_args(int64_t agg, std::optional<double> num_tokens, std::optional<double> num_seqs,
+                                     std::optional<double> loss_scale_factor, int64_t T) {
+  for (const auto& [name, v] : {std::pair<const char*, std::optional<double>>{"num_tokens", num_tokens}, {"num_seqs", num_seqs},
+                                {"loss_scale_factor", loss_scale_factor}}) {
+    TORCH_CHECK_VALUE(!v.has_value() || (*v >= 0 && std::isfinite(*v)), "ctpo::policy_loss: ", name, ": expected a finite count >= 0, got ",
+                      *v);
+  }
+  return {static_cast<int>(agg), num_tokens.value_or(-1.0), num_seqs.value_or(-1.0), loss_scale_factor.value_or(-1.0), T};}
 
 // A row-major view whose last dimension is unit-stride (any row stride): no copy for row slices.
 inline at::Tensor rows_unit_stride(const at::Tensor& x) {
@@ -79,9 +91,9 @@ inline Prepared prepare_inputs(const at::Tensor& logp, const at::Tensor& old_log
   if (old_logp.scalar_type() != Lt && old_logp.scalar_type() != p.compute) p.old_logp = old_logp.to(p.compute);
   p.old_logp = rows_unit_stride(p.old_logp);
   p.mask = rows_unit_stride(mask);
-  // an expanded (stride-0) row broadcast is read once per row, never materialised
-  p.adv_rowwise = adv.size(1) <= 1 || adv.stride(1) == 0;
-  p.adv = adv;
+  // a (B,) tensor or an expanded (stride-0) row broadcast is read once per row, never materialised
+  p.adv = adv.dim() == 1 ? adv.unsqueeze(1) : adv;
+  p.adv_rowwise = p.adv.size(1) <= 1 || p.adv.stride(1) == 0;
   if (!p.adv_rowwise && (adv.scalar_type() != p.compute || adv.stride(1) != 1)) p.adv = adv.to(p.compute).contiguous();
   return p;
 }
@@ -93,52 +105,19 @@ inline at::Tensor prepare_weights(const std::optional<at::Tensor>& rw, at::Scala
   return rows_unit_stride(w);
 }
 
-// pass_bits row length in bytes: one bit per token, whole 32-bit words (CPU writes 16-bit, CUDA 32-bit words)
-inline int64_t pass_bits_bytes(int64_t T) {
-  return 4 * ((T + 31) / 32);
-}
-
-inline void check_backward_inputs(const std::optional<at::Tensor>& grad_loss, const std::optional<at::Tensor>& grad_row_loss,
-                                  const at::Tensor& loss, const at::Tensor& pass_bits, at::ScalarType grad_dtype) {
-  TORCH_CHECK_VALUE(loss.dim() == 2, "ctpo::policy_loss_backward: loss: expected shape (B, T), got ", loss.sizes());
-  TORCH_CHECK_TYPE(loss.scalar_type() == at::kFloat || loss.scalar_type() == at::kDouble,
-                   "ctpo::policy_loss_backward: loss: expected float32/float64, got ", loss.scalar_type());
-  TORCH_CHECK_TYPE(pass_bits.scalar_type() == at::kByte, "ctpo::policy_loss_backward: pass_bits: expected uint8, got ",
-                   pass_bits.scalar_type());
-  TORCH_CHECK_VALUE(pass_bits.dim() == 2 && pass_bits.size(0) == loss.size(0) && pass_bits.size(1) == pass_bits_bytes(loss.size(1)),
-                    "ctpo::policy_loss_backward: pass_bits: expected shape (", loss.size(0), ", ", pass_bits_bytes(loss.size(1)),
-                    "), got ", pass_bits.sizes());
-  TORCH_CHECK_VALUE(pass_bits.device() == loss.device(), "ctpo::policy_loss_backward: pass_bits: expected device ", loss.device(),
-                    ", got ", pass_bits.device());
-  if (grad_loss.has_value() && grad_loss->defined()) {
-    TORCH_CHECK_VALUE(grad_loss->sizes() == loss.sizes(), "ctpo::policy_loss_backward: grad_loss: expected shape ", loss.sizes(),
-                      ", got ", grad_loss->sizes());
-    TORCH_CHECK_VALUE(grad_loss->device() == loss.device(), "ctpo::policy_loss_backward: grad_loss: expected device ", loss.device(),
-                      ", got ", grad_loss->device());
-    TORCH_CHECK_TYPE(is_float_dtype(grad_loss->scalar_type()), "ctpo::policy_loss_backward: grad_loss: expected a floating dtype, got ",
-                     grad_loss->scalar_type());
-  }
-  if (grad_row_loss.has_value() && grad_row_loss->defined()) {
-    TORCH_CHECK_VALUE(grad_row_loss->dim() == 1 && grad_row_loss->size(0) == loss.size(0),
-                      "ctpo::policy_loss_backward: grad_row_loss: expected shape (", loss.size(0), ",), got ", grad_row_loss->sizes());
-    TORCH_CHECK_VALUE(grad_row_loss->device() == loss.device(), "ctpo::policy_loss_backward: grad_row_loss: expected device ",
-                      loss.device(), ", got ", grad_row_loss->device());
-    TORCH_CHECK_TYPE(is_float_dtype(grad_row_loss->scalar_type()),
-                     "ctpo::policy_loss_backward: grad_row_loss: expected a floating dtype, got ", grad_row_loss->scalar_type());
-  }
+inline void check_backward_inputs(const at::Tensor& grad_loss, const at::Tensor& grad, const at::Tensor& row_scale,
+                                  at::ScalarType grad_dtype) {
+  TORCH_CHECK_VALUE(grad.dim() == 2, "ctpo::policy_loss_backward: grad: expected shape (B, T), got ", grad.sizes());
+  TORCH_CHECK_TYPE(grad.scalar_type() == at::kFloat || grad.scalar_type() == at::kDouble,
+                   "ctpo::policy_loss_backward: grad: expected float32/float64, got ", grad.scalar_type());
+  TORCH_CHECK_VALUE(grad_loss.numel() == 1 && grad_loss.device() == grad.device() && is_float_dtype(grad_loss.scalar_type()),
+                    "ctpo::policy_loss_backward: grad_loss: expected one float on ", grad.device(), ", got ", grad_loss.sizes(), " ",
+                    grad_loss.scalar_type(), " on ", grad_loss.device());
+  TORCH_CHECK_VALUE(row_scale.dim() == 1 && row_scale.size(0) == grad.size(0) && row_scale.scalar_type() == grad.scalar_type() &&
+                        row_scale.device() == grad.device(),
+                    "ctpo::policy_loss_backward: row_scale: expected shape (", grad.size(0), ",) ", grad.scalar_type(), " on ",
+                    grad.device(), ", got ", row_scale.sizes(), " ", row_scale.scalar_type(), " on ", row_scale.device());
   TORCH_CHECK_TYPE(is_float_dtype(grad_dtype), "ctpo::policy_loss_backward: grad_dtype: expected a floating dtype, got ", grad_dtype);
-}
-
-// grad_loss in the compute dtype with a unit or zero stride along T (broadcasts stay unmaterialised)
-inline at::Tensor prepare_grad(const at::Tensor& grad_loss, at::ScalarType compute) {
-  at::Tensor g = grad_loss.scalar_type() == compute ? grad_loss : grad_loss.to(compute);
-  if (!(g.size(1) <= 1 || g.stride(1) == 0 || g.stride(1) == 1)) g = g.contiguous();
-  return g;
-}
-
-// grad_row_loss in the compute dtype (a broadcast scalar keeps its zero stride)
-inline at::Tensor prepare_grad_row(const at::Tensor& grad_row, at::ScalarType compute) {
-  return grad_row.scalar_type() == compute ? grad_row : grad_row.to(compute);
 }
 
 }  // namespace ctpo

@@ -9,10 +9,10 @@
 // sum, response count) pairs, with a running carry (the block-prefix callback) across spans and tiles, so any T
 // works in one pass. Every token then forms its bounds (t^p in float64, rounded to the compute dtype), picks its
 // log-space value (log w or the bound it is clipped to, 0 for A = 0), takes one exp, and writes loss, log w and
-// the clipped flag; a warp ballot packs the 32 "gradient passes" bits of each warp into one word of pass_bits.
+// the clipped flag and its gradient before the aggregation's row scale (the loss where the gradient passes, else 0).
 // Each thread keeps the row statistics (counts, float64 sums, min / max, bad-value flags), reduced once per row
 // with cub::BlockReduce; then the row writes its slots of the quantile sample. A second kernel (one block)
-// adds up the batch totals, radix-sorts the sample (<= 4096 values; the glue sorts a larger one with ATen) and
+// adds up the batch totals, radix-sorts the sample (<= 4096 values) and
 // picks the nearest-rank quantiles. Backward: a grid-stride
 // elementwise (grad + grad_row) * loss where the bit is set (else exactly 0), broadcasts read in place.
 
@@ -113,14 +113,15 @@ struct Carry {  // cub block-prefix callback: returns the prefix for this span, 
 };
 
 struct RowAcc {  // the per-row statistics, per thread, then block-reduced
-  double sum_w, loss, mn, mx;
+  double sum_w, loss, mn, mx, max_lp, max_ol;
   long long n, nh, nl, nd, nc;
   unsigned flags;  // bit 0 logp / old_logp difference non-finite, 1 adv non-finite, 2 bad weight
 };
 
 struct RowAccSum {
   __device__ __forceinline__ RowAcc operator()(const RowAcc& a, const RowAcc& b) const {
-    return {a.sum_w + b.sum_w, a.loss + b.loss, a.mn < b.mn ? a.mn : b.mn, a.mx > b.mx ? a.mx : b.mx, a.n + b.n, a.nh + b.nh,
+    return {a.sum_w + b.sum_w, a.loss + b.loss, a.mn < b.mn ? a.mn : b.mn, a.mx > b.mx ? a.mx : b.mx,
+            a.max_lp > b.max_lp ? a.max_lp : b.max_lp, a.max_ol > b.max_ol ? a.max_ol : b.max_ol, a.n + b.n, a.nh + b.nh,
             a.nl + b.nl, a.nd + b.nd, a.nc + b.nc, a.flags | b.flags};
   }
 };
@@ -144,10 +145,9 @@ __global__ void __launch_bounds__(kBlock) policy_loss_fwd_kernel(const FwdParams
   const C* At = p.adv_rowwise ? nullptr : static_cast<const C*>(p.adv) + row * p.adv_rs;
   const C A_row = p.adv_rowwise ? static_cast<C>(read_any(p.adv, p.adv_dtype, row * p.adv_rs)) : C(0);
   const C* rw = p.rw ? static_cast<const C*>(p.rw) + row * p.rw_rs : nullptr;
-  C* loss = static_cast<C*>(p.loss) + row * T;
+  C* grad = static_cast<C*>(p.grad) + row * T;
   C* lwo = static_cast<C*>(p.log_w) + row * T;
   bool* clipped = p.clipped + row * T;
-  unsigned* bits = reinterpret_cast<unsigned*>(p.pass_bits + row * p.bits_rs);
 
   const C dm = static_cast<C>(p.delta_max), ndm = -dm, lwm = static_cast<C>(p.log_w_max);
   const C clo = static_cast<C>(p.lower), chi = static_cast<C>(p.upper), cc = static_cast<C>(p.dual);
@@ -172,7 +172,7 @@ __global__ void __launch_bounds__(kBlock) policy_loss_fwd_kernel(const FwdParams
     row_v = static_cast<C>(s_row_v);
   }
 
-  RowAcc acc{0.0, 0.0, INFINITY, -INFINITY, 0, 0, 0, 0, 0, 0u};
+  RowAcc acc{0.0, 0.0, INFINITY, -INFINITY, -INFINITY, -INFINITY, 0, 0, 0, 0, 0, 0u};
   Carry carry{{0.0, 0}};
   for (int64_t base = 0; base < T; base += int64_t{kBlock} * kItems) {
     C d[kItems];
@@ -188,7 +188,12 @@ __global__ void __launch_bounds__(kBlock) policy_loss_fwd_kernel(const FwdParams
       r[k] = C(1);
       if (j < T) {
         m[k] = mk[j];
-        d[k] = static_cast<C>(widen(lp[j])) - static_cast<C>(widen(ol[j]));
+        const auto a = widen(lp[j]), b = widen(ol[j]);
+        d[k] = static_cast<C>(a) - static_cast<C>(b);
+        if (m[k]) {  // the largest log-probs (NaN compares false: ignored, flagged below)
+          acc.max_lp = static_cast<double>(a) > acc.max_lp ? static_cast<double>(a) : acc.max_lp;
+          acc.max_ol = static_cast<double>(b) > acc.max_ol ? static_cast<double>(b) : acc.max_ol;
+        }
         if (At != nullptr) A[k] = At[j];
         if (rw != nullptr) r[k] = rw[j];
       }
@@ -227,11 +232,8 @@ __global__ void __launch_bounds__(kBlock) policy_loss_fwd_kernel(const FwdParams
       const C l = m[k] ? (-a) * exp_c(sel) * r[k] : C(0);
       const bool clip = m[k] && (high || low || dual);
       const bool pass = j < T && m[k] && !(high || low || dual) && glw && a != C(0);
-      const unsigned word = __ballot_sync(0xffffffffu, pass);  // the whole warp is here: no early exit above
-      const int64_t warp_start = base + int64_t{k} * kBlock + (threadIdx.x & ~31u);
-      if ((threadIdx.x & 31u) == 0 && warp_start < T) bits[warp_start / 32] = word;
       if (j < T) {
-        loss[j] = l;
+        grad[j] = pass ? l : C(0);  // exactly 0 where no gradient passes
         lwo[j] = lw;
         clipped[j] = clip;
       }
@@ -265,6 +267,8 @@ __global__ void __launch_bounds__(kBlock) policy_loss_fwd_kernel(const FwdParams
     st[kStatSumW * B] = tot.sum_w;
     st[kStatMinLogW * B] = tot.mn;
     st[kStatMaxLogW * B] = tot.mx;
+    st[kStatMaxLogp * B] = tot.max_lp;
+    st[kStatMaxOldLogp * B] = tot.max_ol;
     st[kStatBadAdv * B] = (tot.flags & 2u) ? 1.0 : 0.0;
     st[kStatBadWeights * B] = (tot.flags & 4u) ? 1.0 : 0.0;
     st[kStatBadLogp * B] = st[kStatBadOldLogp * B] = 0.0;
@@ -284,11 +288,11 @@ __global__ void __launch_bounds__(kBlock) policy_loss_fwd_kernel(const FwdParams
       st[kStatBadOldLogp * B] = bad_ol ? 1.0 : 0.0;
     }
   }
-  // this row's slots of the quantile sample: flat positions q * stride inside the row
-  const int64_t s = p.sample_stride;
-  const int64_t q0 = (row * T + s - 1) / s;
-  for (int64_t q = q0 + threadIdx.x; q < p.sample_n && q * s < (row + 1) * T; q += kBlock) {
-    const int64_t j = q * s - row * T;
+  // this row's slots of the quantile sample (ctpo_layout.h)
+  long long q0, q1;
+  row_slots(row, B, T, &q0, &q1);
+  for (int64_t q = q0 + threadIdx.x; q < q1; q += kBlock) {
+    const int64_t j = sample_column(q, row, B, T);
     static_cast<C*>(p.sample_v)[q] = lwo[j];
     p.sample_m[q] = mk[j] ? 1 : 0;
   }
@@ -298,13 +302,15 @@ struct Totals {  // the batch totals of the kNumStats per-row statistics
   double v[kNumStats];
 };
 
-struct TotalsOp {  // min for min_log_w, max for max_log_w, sum for the rest
+__device__ __forceinline__ bool is_max_stat(int c) { return c == kStatMaxLogW || c == kStatMaxLogp || c == kStatMaxOldLogp; }
+
+struct TotalsOp {  // min for min_log_w, max for the maxima, sum for the rest
   __device__ __forceinline__ Totals operator()(const Totals& a, const Totals& b) const {
     Totals r;
 #pragma unroll
     for (int c = 0; c < kNumStats; ++c) {
       if (c == kStatMinLogW) r.v[c] = a.v[c] < b.v[c] ? a.v[c] : b.v[c];
-      else if (c == kStatMaxLogW) r.v[c] = a.v[c] > b.v[c] ? a.v[c] : b.v[c];
+      else if (is_max_stat(c)) r.v[c] = a.v[c] > b.v[c] ? a.v[c] : b.v[c];
       else r.v[c] = a.v[c] + b.v[c];
     }
     return r;
@@ -314,8 +320,7 @@ struct TotalsOp {  // min for min_log_w, max for max_log_w, sum for the rest
 // one block: the batch totals of the per-row statistics (thread k folds rows k, k + 256, ... in order, then a
 // fixed reduction tree: deterministic), and the nearest-rank quantiles (k = max(1, ceil(q / 100 * n))) of the
 // sampled mask tokens' log w; the first kFallbackSample mask tokens in flat order where the sample holds none;
-// 0 without tokens. A sample of more than kBlock * kSortItems slots (an explicit small sample_stride) is left to
-// the glue, which sorts it with ATen.
+// 0 without tokens. The sample has at most kQuantileSample = kBlock * kSortItems slots (ctpo_layout.h).
 template <typename C>
 __global__ void __launch_bounds__(kBlock) quantile_kernel(const FwdParams p) {
   using Sort = cub::BlockRadixSort<C, kBlock, kSortItems>;
@@ -329,10 +334,12 @@ __global__ void __launch_bounds__(kBlock) quantile_kernel(const FwdParams p) {
   __shared__ typename Scan::TempStorage scan_storage;
   __shared__ typename cub::BlockReduce<Totals, kBlock>::TempStorage totals_storage;
   __shared__ int s_n;
+  __shared__ double s_tot[kNumStats], s_q[3], s_d[2];
+  __shared__ typename cub::BlockReduce<double, kBlock>::TempStorage sum_storage;
   C* vals = sm.vals;
   Totals part;
 #pragma unroll
-  for (int c = 0; c < kNumStats; ++c) part.v[c] = c == kStatMinLogW ? INFINITY : (c == kStatMaxLogW ? -INFINITY : 0.0);
+  for (int c = 0; c < kNumStats; ++c) part.v[c] = c == kStatMinLogW ? INFINITY : (is_max_stat(c) ? -INFINITY : 0.0);
   for (int64_t i = threadIdx.x; i < p.B; i += kBlock) {
     Totals row;
 #pragma unroll
@@ -342,9 +349,19 @@ __global__ void __launch_bounds__(kBlock) quantile_kernel(const FwdParams p) {
   const Totals all = cub::BlockReduce<Totals, kBlock>(totals_storage).Reduce(part, TotalsOp());
   if (threadIdx.x == 0) {  // the reduction's result is valid in thread 0 only
 #pragma unroll
-    for (int c = 0; c < kNumStats; ++c) p.totals[c] = all.v[c];
+    for (int c = 0; c < kNumStats; ++c) s_tot[c] = all.v[c];
   }
-  if (p.sample_n > kMaxKernelSample) return;  // block-uniform: the glue sorts a larger sample
+  // rows with tokens, and the loss sum (row sums weighted as the aggregation wants)
+  double part_seqs = 0.0, part_sum = 0.0;
+  for (int64_t i = threadIdx.x; i < p.B; i += kBlock) {
+    const double n_i = p.stats[kStatTokens * p.B + i];
+    part_seqs += n_i > 0 ? 1.0 : 0.0;
+    part_sum += p.agg.agg == kSeqMeanTokenMean ? p.row_loss[i] * row_weight(p.agg.agg, n_i) : p.row_loss[i];
+  }
+  const double n_seqs = cub::BlockReduce<double, kBlock>(sum_storage).Sum(part_seqs);
+  __syncthreads();  // sum_storage is reused
+  const double loss_sum = cub::BlockReduce<double, kBlock>(sum_storage).Sum(part_sum);
+  __syncthreads();
   const C* sv = static_cast<const C*>(p.sample_v);
   const C nan = static_cast<C>(NAN);  // sorts after every number: the invalid slots go last
   int mine = 0;
@@ -384,30 +401,38 @@ __global__ void __launch_bounds__(kBlock) quantile_kernel(const FwdParams p) {
   for (int k = 0; k < kSortItems; ++k) vals[threadIdx.x * kSortItems + k] = keys[k];
   __syncthreads();
   if (threadIdx.x < 3) {
-    const double q = threadIdx.x == 0 ? 10.0 : (threadIdx.x == 1 ? 50.0 : 90.0);
-    C out = C(0);  // no tokens: the on-policy log w
+    const long long q = threadIdx.x == 0 ? 10 : (threadIdx.x == 1 ? 50 : 90);
+    double out = 0.0;  // no tokens: the on-policy log w
     if (n > 0) {
-      long long kth = static_cast<long long>(ceil(q / 100.0 * static_cast<double>(n)));
+      long long kth = (q * n + 99) / 100;  // ceil(q n / 100), in integers
       kth = kth < 1 ? 1 : kth;
-      out = vals[kth - 1];
+      out = static_cast<double>(vals[kth - 1]);
     }
-    static_cast<C*>(p.log_w_q)[threadIdx.x] = out;
+    s_q[threadIdx.x] = out;
   }
+  __syncthreads();
+  // the loss, the counts, the metrics (ctpo_layout.h: the CPU op's arithmetic), then every row's gradient scale
+  if (threadIdx.x == 0) {
+    agg_denominators(p.agg, s_tot[kStatTokens], n_seqs, &s_d[0], &s_d[1]);
+    *static_cast<C*>(p.loss) = static_cast<C>(loss_sum / s_d[0] / s_d[1]);
+    finish_metrics(s_tot, s_q, p.counts, p.metrics);
+  }
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < p.B; i += kBlock)
+    static_cast<C*>(p.row_scale)[i] = static_cast<C>(row_weight(p.agg.agg, p.stats[kStatTokens * p.B + i]) / s_d[0] / s_d[1]);
 }
 
 template <typename C, typename O>
 __global__ void policy_loss_bwd_kernel(const BwdParams p) {
-  const C* g = static_cast<const C*>(p.grad);
-  const C* loss = static_cast<const C*>(p.loss);
+  const C* grad = static_cast<const C*>(p.grad);
+  const C* scale = static_cast<const C*>(p.row_scale);
+  const C g = *static_cast<const C*>(p.grad_loss);
   O* out = static_cast<O*>(p.out);
   const int64_t N = p.B * p.T;
   for (int64_t idx = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; idx < N; idx += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t i = idx / p.T, j = idx - i * p.T;
-    const bool pass = (p.pass_bits[i * p.bits_rs + (j >> 3)] >> (j & 7)) & 1;
-    C gv = g != nullptr ? g[i * p.gs0 + j * p.gs1] : C(0);
-    if (p.grad_row != nullptr) gv = g != nullptr ? gv + static_cast<C>(p.grad_row[i * p.grs]) : static_cast<C>(p.grad_row[i * p.grs]);
-    const C v = pass ? gv * loss[idx] : C(0);  // as torch.where: never 0 * inf
-    out[idx] = narrow<O>(v);
+    const int64_t i = idx / p.T;
+    const C x = grad[idx];
+    out[idx] = narrow<O>(x != C(0) ? (g * scale[i]) * x : C(0));  // as torch.where: never 0 * inf
   }
 }
 

@@ -27,44 +27,39 @@ struct FwdParams {
   // knobs (csrc/ctpo.cpp's header says what each means)
   int ratio;  // ctpo_layout::Ratio
   double lower, upper, dual, power, delta_max, log_w_max;
-  int64_t sample_stride;
-  // outputs: loss, log_w contiguous (B, T) in the compute dtype (float64 if logp is float64, else float32);
-  // clipped (B, T) bool; pass_bits (B, bits_rs) bytes, bits_rs = 4 * ceil(T / 32): bit j of a row (byte j / 8,
-  // bit j % 8) says whether d loss_j / d logp_j = loss_j (else 0); row_loss (B,) float64; stats (kNumStats, B)
-  // float64; totals (kNumStats,) float64; log_w_q (3,) compute dtype
-  void* loss;
+  ctpo_layout::AggArgs agg;
+  // outputs: log_w, grad contiguous (B, T) in the compute dtype (float64 if logp is float64, else float32); grad is
+  // d loss_t / d logp_t before the row scale (the loss where the gradient passes, else 0); clipped (B, T) bool;
+  // loss (0-dim, compute dtype), counts (kNumCounts,) int64, metrics (kNumMetrics,) float32, row_scale (B,)
+  // compute dtype: written by the finishing kernel
   void* log_w;
+  void* grad;
   bool* clipped;
-  unsigned char* pass_bits;
-  int64_t bits_rs;
+  void* loss;
+  long long* counts;
+  float* metrics;
+  void* row_scale;
+  // scratch: row_loss (B,) float64, stats (kNumStats, B) float64; the quantile sample, sample_n =
+  // ctpo_layout::sample_slots(B, T) <= kMaxKernelSample slots
   double* row_loss;
   double* stats;
-  double* totals;
-  void* log_w_q;
-  // scratch: the quantile sample, sample_n = ceil(B * T / sample_stride) slots (sorted by the kernel when
-  // <= kMaxKernelSample)
   void* sample_v;  // compute dtype
   unsigned char* sample_m;
   int64_t sample_n;
 };
 
 struct BwdParams {
-  const void* grad;  // (B, T) in the compute dtype, strides gs0, gs1 (either may be 0: broadcasts); or nullptr
-  int64_t gs0, gs1;
-  const double* grad_row;  // (B,) float64, stride grs (0: a broadcast scalar); or nullptr
-  int64_t grs;
-  const void* loss;  // contiguous (B, T), compute dtype
-  const unsigned char* pass_bits;  // (B, bits_rs)
-  int64_t bits_rs;
+  const void* grad_loss;  // one value, compute dtype (on the device: no sync)
+  const void* grad;  // contiguous (B, T), compute dtype
+  const void* row_scale;  // (B,), compute dtype
   DType compute;  // F32 or F64
-  void* out;  // contiguous (B, T), out_dtype: (grad + grad_row) * loss where the bit is set, else 0
+  void* out;  // contiguous (B, T), out_dtype: grad_loss * row_scale[i] * grad where grad != 0, else 0
   DType out_dtype;
   int64_t B, T;
 };
-
-// the largest quantile sample the quantile kernel sorts itself (one block of 256 threads x 16 keys); a larger one
-// is left to the caller (the glue sorts it with ATen), log_w_q is then not written
+// the largest quantile sample the quantile kernel sorts (one block of 256 threads x 16 keys): every sample
 constexpr int64_t kMaxKernelSample = 4096;
+static_assert(ctpo_layout::kQuantileSample <= kMaxKernelSample, "the quantile kernel sorts the whole sample");
 
 // Launch on `stream`; return the launch status (cudaGetLastError after the launch).
 cudaError_t policy_loss_forward(const FwdParams& p, cudaStream_t stream);

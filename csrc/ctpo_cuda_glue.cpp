@@ -7,9 +7,8 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <algorithm>
-#include <cmath>
-#include <limits>
+#include <optional>
+#include <tuple>
 
 #include "ctpo_common.h"
 #include "ctpo_cuda.h"
@@ -26,62 +25,42 @@ static ctpo_cuda::DType dtype_tag(at::ScalarType t) {
   }
 }
 
-// The quantiles of a sample larger than the quantile kernel sorts in one block (sample_stride small enough to
-// give more than 4096 positions: exact quantiles of a large batch, say): the same rule with ATen ops (they
-// synchronise, as the CPU op's sort does not need to). q (3,): nearest-rank 10/50/90 % of the sampled mask
-// tokens' log w; where the sample holds none, of the first kFallbackSample mask tokens in flat order; 0 if none.
-static void large_sample_quantiles(const at::Tensor& sample_v, const at::Tensor& sample_m, const at::Tensor& lw, const at::Tensor& mask,
-                                   at::Tensor& q) {
-  at::Tensor vals = sample_v.masked_select(sample_m.to(at::kBool).logical_and(sample_v.isnan().logical_not()));
-  if (vals.numel() == 0) {
-    vals = lw.masked_select(mask.logical_and(lw.isnan().logical_not()));
-    vals = vals.narrow(0, 0, std::min<int64_t>(vals.numel(), ctpo_layout::kFallbackSample));
-  }
-  const int64_t n = vals.numel();
-  if (n == 0) {
-    q.zero_();
-    return;
-  }
-  const at::Tensor sorted = std::get<0>(vals.sort());
-  const double pct[3] = {10.0, 50.0, 90.0};
-  at::Tensor idx = at::empty({3}, at::kLong);
-  int64_t* ip = idx.mutable_data_ptr<int64_t>();
-  for (int k = 0; k < 3; ++k) ip[k] = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(pct[k] / 100.0 * static_cast<double>(n)))) - 1;
-  q.copy_(sorted.index_select(0, idx.to(sorted.device())));
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> policy_loss_cuda(
+// the CPU op (ctpo.cpp), for an empty batch: nothing for the kernels to do, outputs of the same shapes
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> policy_loss_cpu(
     const at::Tensor& logp, const at::Tensor& old_logp, const at::Tensor& adv, const at::Tensor& mask,
     const std::optional<at::Tensor>& rollout_is_weights, int64_t ratio, double lower, double upper, double dual, double power,
-    double delta_max, double log_w_max, int64_t sample_stride) {
-  check_inputs(logp, old_logp, adv, mask, rollout_is_weights, ratio, power, delta_max, log_w_max, sample_stride);
+    double delta_max, double log_w_max, int64_t agg, std::optional<double> num_tokens, std::optional<double> num_seqs,
+    std::optional<double> loss_scale_factor);
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> policy_loss_cuda(
+    const at::Tensor& logp, const at::Tensor& old_logp, const at::Tensor& adv, const at::Tensor& mask,
+    const std::optional<at::Tensor>& rollout_is_weights, int64_t ratio, double lower, double upper, double dual, double power,
+    double delta_max, double log_w_max, int64_t agg, std::optional<double> num_tokens, std::optional<double> num_seqs,
+    std::optional<double> loss_scale_factor) {
+  check_inputs(logp, old_logp, adv, mask, rollout_is_weights, ratio, power, delta_max, log_w_max, agg);
   TORCH_CHECK_VALUE(logp.is_cuda(), "ctpo::policy_loss (CUDA kernel): logp: expected a CUDA tensor, got ", logp.device());
   const c10::cuda::CUDAGuard guard(logp.device());
+  const int64_t B = logp.size(0), T = logp.size(1);
+  if (B == 0 || T == 0) {  // rows without tokens: the CPU op's outputs, moved (rare; a copy, no kernel)
+    const auto cpu = [](const std::optional<at::Tensor>& x) { return x.has_value() ? std::optional<at::Tensor>(x->cpu()) : x; };
+    auto out = policy_loss_cpu(logp.cpu(), old_logp.cpu(), adv.cpu(), mask.cpu(), cpu(rollout_is_weights), ratio, lower, upper, dual, power,
+                               delta_max, log_w_max, agg, num_tokens, num_seqs, loss_scale_factor);
+    const auto d = logp.device();
+    return {std::get<0>(out).to(d), std::get<1>(out).to(d), std::get<2>(out).to(d), std::get<3>(out).to(d), std::get<4>(out).to(d),
+            std::get<5>(out).to(d), std::get<6>(out).to(d)};
+  }
   const Prepared in = prepare_inputs(logp, old_logp, adv, mask);
   const at::Tensor rw = prepare_weights(rollout_is_weights, in.compute);
-  const int64_t B = logp.size(0), T = logp.size(1);
-  const int64_t sample_n = B * T == 0 ? 0 : (B * T + sample_stride - 1) / sample_stride;
+  const int64_t sample_n = ctpo_layout::sample_slots(B, T);
   auto opts = logp.options().dtype(in.compute);
-  // every element of every output is written by the kernels (row_loss, stats: each row's block; totals, q: the
-  // quantile kernel, or below for a large sample): no zero fill
-  at::Tensor loss = at::empty(logp.sizes(), opts), lw = at::empty(logp.sizes(), opts);
+  // every element of every output is written by the kernels: no zero fill
+  at::Tensor lw = at::empty(logp.sizes(), opts), grad = at::empty(logp.sizes(), opts);
   at::Tensor clipped = at::empty(logp.sizes(), logp.options().dtype(at::kBool));
-  at::Tensor bits = at::empty({B, pass_bits_bytes(T)}, logp.options().dtype(at::kByte));
+  at::Tensor loss = at::empty({}, opts), row_scale = at::empty({B}, opts);
+  at::Tensor counts = at::empty({ctpo_layout::kNumCounts}, logp.options().dtype(at::kLong));
+  at::Tensor metrics = at::empty({ctpo_layout::kNumMetrics}, logp.options().dtype(at::kFloat));
   at::Tensor row_loss = at::empty({B}, logp.options().dtype(at::kDouble));
   at::Tensor stats = at::empty({ctpo_layout::kNumStats, B}, logp.options().dtype(at::kDouble));
-  at::Tensor totals = at::empty({ctpo_layout::kNumStats}, logp.options().dtype(at::kDouble));
-  at::Tensor q = at::empty({3}, opts);
-  if (B == 0 || T == 0) {  // rows without tokens: zero sums, empty min / max
-    row_loss.zero_();
-    stats.zero_();
-    totals.zero_();
-    q.zero_();
-    stats.select(0, ctpo_layout::kStatMinLogW).fill_(std::numeric_limits<double>::infinity());
-    stats.select(0, ctpo_layout::kStatMaxLogW).fill_(-std::numeric_limits<double>::infinity());
-    totals.select(0, ctpo_layout::kStatMinLogW).fill_(std::numeric_limits<double>::infinity());
-    totals.select(0, ctpo_layout::kStatMaxLogW).fill_(-std::numeric_limits<double>::infinity());
-    return {loss, row_loss, lw, clipped, bits, stats, totals, q};
-  }
   at::Tensor sample_v = at::empty({sample_n}, opts), sample_m = at::empty({sample_n}, logp.options().dtype(at::kByte));
 
   ctpo_cuda::FwdParams p{};
@@ -108,54 +87,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   p.power = power;
   p.delta_max = delta_max;
   p.log_w_max = log_w_max;
-  p.sample_stride = sample_stride;
-  p.loss = loss.mutable_data_ptr();
+  p.agg = agg_args(agg, num_tokens, num_seqs, loss_scale_factor, T);
   p.log_w = lw.mutable_data_ptr();
+  p.grad = grad.mutable_data_ptr();
   p.clipped = clipped.mutable_data_ptr<bool>();
-  p.pass_bits = bits.mutable_data_ptr<uint8_t>();
-  p.bits_rs = bits.size(1);
+  p.loss = loss.mutable_data_ptr();
+  p.counts = reinterpret_cast<long long*>(counts.mutable_data_ptr<int64_t>());
+  p.metrics = metrics.mutable_data_ptr<float>();
+  p.row_scale = row_scale.mutable_data_ptr();
   p.row_loss = row_loss.mutable_data_ptr<double>();
   p.stats = stats.mutable_data_ptr<double>();
-  p.totals = totals.mutable_data_ptr<double>();
-  p.log_w_q = q.mutable_data_ptr();
   p.sample_v = sample_v.mutable_data_ptr();
   p.sample_m = sample_m.mutable_data_ptr<uint8_t>();
   p.sample_n = sample_n;
   const cudaError_t err = ctpo_cuda::policy_loss_forward(p, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "ctpo::policy_loss: CUDA kernel launch failed: ", cudaGetErrorString(err));
-  if (sample_n > ctpo_cuda::kMaxKernelSample) large_sample_quantiles(sample_v, sample_m, lw, in.mask, q);
-  return {loss, row_loss, lw, clipped, bits, stats, totals, q};
+  return {loss, counts, metrics, lw, clipped, grad, row_scale};
 }
 
-at::Tensor policy_loss_backward_cuda(const std::optional<at::Tensor>& grad_loss, const std::optional<at::Tensor>& grad_row_loss,
-                                     const at::Tensor& loss, const at::Tensor& pass_bits, at::ScalarType grad_dtype) {
-  check_backward_inputs(grad_loss, grad_row_loss, loss, pass_bits, grad_dtype);
-  TORCH_CHECK_VALUE(loss.is_cuda(), "ctpo::policy_loss_backward (CUDA kernel): loss: expected a CUDA tensor, got ", loss.device());
-  const c10::cuda::CUDAGuard guard(loss.device());
-  const at::Tensor l = loss.contiguous(), b = pass_bits.contiguous();
-  at::Tensor out = at::empty(loss.sizes(), loss.options().dtype(grad_dtype));
+at::Tensor policy_loss_backward_cuda(const at::Tensor& grad_loss, const at::Tensor& grad, const at::Tensor& row_scale,
+                                     at::ScalarType grad_dtype) {
+  check_backward_inputs(grad_loss, grad, row_scale, grad_dtype);
+  TORCH_CHECK_VALUE(grad.is_cuda(), "ctpo::policy_loss_backward (CUDA kernel): grad: expected a CUDA tensor, got ", grad.device());
+  const c10::cuda::CUDAGuard guard(grad.device());
+  const at::Tensor gr = grad.contiguous(), sc = row_scale.contiguous();
+  const at::Tensor g = grad_loss.reshape({}).to(grad.scalar_type());  // on the device: no sync
+  at::Tensor out = at::empty(grad.sizes(), grad.options().dtype(grad_dtype));
   ctpo_cuda::BwdParams p{};
-  at::Tensor g, gr;
-  if (grad_loss.has_value() && grad_loss->defined()) {
-    g = prepare_grad(*grad_loss, l.scalar_type());
-    p.grad = g.const_data_ptr();
-    p.gs0 = g.stride(0);
-    p.gs1 = g.size(1) <= 1 ? 0 : g.stride(1);
-  }
-  if (grad_row_loss.has_value() && grad_row_loss->defined()) {
-    gr = prepare_grad_row(*grad_row_loss, at::kDouble);
-    p.grad_row = gr.const_data_ptr<double>();
-    p.grs = gr.size(0) <= 1 ? 0 : gr.stride(0);
-  }
-  if (p.grad == nullptr && p.grad_row == nullptr) return out.zero_();
-  p.loss = l.const_data_ptr();
-  p.pass_bits = b.const_data_ptr<uint8_t>();
-  p.bits_rs = b.size(1);
-  p.compute = dtype_tag(l.scalar_type());
+  p.grad_loss = g.const_data_ptr();
+  p.grad = gr.const_data_ptr();
+  p.row_scale = sc.const_data_ptr();
+  p.compute = dtype_tag(gr.scalar_type());
   p.out = out.mutable_data_ptr();
   p.out_dtype = dtype_tag(grad_dtype);
-  p.B = loss.size(0);
-  p.T = loss.size(1);
+  p.B = grad.size(0);
+  p.T = grad.size(1);
   const cudaError_t err = ctpo_cuda::policy_loss_backward(p, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "ctpo::policy_loss_backward: CUDA kernel launch failed: ", cudaGetErrorString(err));
   return out;

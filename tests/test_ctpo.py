@@ -67,10 +67,11 @@ def ref_loss(delta, mask, adv, method, **kw):
 
 
 def run(delta, mask, adv, method, exact=False, **kw):
-    # exact=True: old_logp = 0, so that logp - old_logp is delta bit for bit
-    old = torch.randn(delta.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    old = torch.zeros_like(old) if exact else old
-    logp = (old + delta).requires_grad_(True)
+    # log-probs are <= 0. exact=True: one of logp, old_logp is 0 and the other +-delta, so that logp - old_logp is
+    # delta bit for bit
+    old = torch.randn(delta.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1)) - 6
+    old = (-delta).clamp(max=0) if exact else old
+    logp = (delta.clamp(max=0) if exact else old + delta).requires_grad_(True)
     loss, metrics = ctpo.policy_loss(logp, old, adv, mask, method=method, **kw)
     loss.backward()
     return loss.item(), logp.grad, metrics
@@ -189,7 +190,7 @@ def test_weight_quantiles_of_a_large_batch_come_from_a_subsample():
     g = torch.Generator().manual_seed(0)
     delta = 0.3 * torch.randn(40, 2048, generator=g)  # 81,920 tokens: beyond the 2^16 exact limit
     mask = torch.rand(40, 2048, generator=g) > 0.2
-    _, met = ctpo.policy_loss(delta, torch.zeros_like(delta), torch.ones(40), mask, method="grpo")
+    _, met = ctpo.policy_loss(delta - 5, torch.full_like(delta, -5.0), torch.ones(40), mask, method="grpo")
     w = delta[mask].exp()
     for q in (10, 50, 90):
         assert met[f"ratio_q{q}"].item() == pytest.approx(torch.quantile(w, q / 100).item(), rel=0.02)
@@ -214,7 +215,7 @@ def test_all_masked_batch_is_zero_not_nan():
 @pytest.mark.parametrize("agg", ctpo.AGGS)
 def test_gradcheck(method, agg):
     g = torch.Generator().manual_seed(0)
-    old = torch.randn(3, 7, dtype=torch.float64, generator=g)
+    old = torch.randn(3, 7, dtype=torch.float64, generator=g) - 6
     logp = (old + 0.05 * torch.randn(3, 7, dtype=torch.float64, generator=g)).requires_grad_(True)
     mask = torch.rand(3, 7, generator=g) > 0.25
     adv = torch.randn(3, dtype=torch.float64, generator=g)
@@ -227,7 +228,7 @@ def test_gradcheck(method, agg):
 
 def test_stop_gradient_changes_only_the_gradient():
     g = torch.Generator().manual_seed(3)
-    old = torch.randn(2, 9, dtype=torch.float64, generator=g)
+    old = torch.randn(2, 9, dtype=torch.float64, generator=g) - 6
     delta = 0.02 * torch.randn(2, 9, dtype=torch.float64, generator=g)
     mask, adv = torch.ones(2, 9, dtype=torch.bool), torch.tensor([1.0, -1.0], dtype=torch.float64)
     out = []
@@ -290,7 +291,7 @@ def test_presets_and_overrides():
 def test_microbatch_invariance(agg, method):
     g = torch.Generator().manual_seed(0)
     B, T = 8, 12
-    old = torch.randn(B, T, dtype=torch.float64, generator=g)
+    old = torch.randn(B, T, dtype=torch.float64, generator=g) - 6
     logp0 = old + 0.1 * torch.randn(B, T, dtype=torch.float64, generator=g)
     lengths = torch.tensor([12, 3, 0, 7, 1, 12, 5, 9])
     mask = torch.arange(T)[None, :] < lengths[:, None]
@@ -331,7 +332,7 @@ def test_aggregation_modes_by_hand():
 def test_extreme_inputs_stay_finite(method, dtype):
     g = torch.Generator().manual_seed(0)
     B, T = 4, 8192
-    old = (-5 * torch.rand(B, T, generator=g)).to(dtype)
+    old = (-60 - 5 * torch.rand(B, T, generator=g)).to(dtype)  # log-probs stay <= 0 after + delta
     delta = 50 * (2 * torch.rand(B, T, generator=g) - 1)  # |delta| up to 50
     delta[1] = 50.0  # a row whose prefix sum reaches 409600
     delta[2] = -50.0
@@ -347,7 +348,7 @@ def test_extreme_inputs_stay_finite(method, dtype):
 
 def test_bfloat16_inputs_are_computed_in_float32():
     g = torch.Generator().manual_seed(0)
-    old = torch.randn(4, 300, generator=g)
+    old = torch.randn(4, 300, generator=g) - 6
     logp = old + 0.01 * torch.randn(4, 300, generator=g)
     mask, adv = torch.ones(4, 300, dtype=torch.bool), torch.randn(4, generator=g)
     loss16, _ = ctpo.policy_loss(logp.bfloat16(), old.bfloat16(), adv, mask)
@@ -485,7 +486,7 @@ def test_group_advantages():
 
 def test_kl_penalty_k3():
     g = torch.Generator().manual_seed(0)
-    old = torch.randn(2, 5, generator=g)
+    old = torch.randn(2, 5, generator=g) - 6
     ref = old + 0.3 * torch.randn(2, 5, generator=g)
     mask, adv = torch.ones(2, 5, dtype=torch.bool), torch.zeros(2)
     loss, met = ctpo.policy_loss(old, old, adv, mask, ref_logp=ref, beta=0.1)

@@ -3,7 +3,8 @@
 The first test to need it JIT-builds the extension (~30 s, once per fresh clone; CTPO_EXT_DIR sets where).
 Every CPU row kernel of the build is checked against the reference: the AVX-512 one (where compiled in), the
 portable at::vec one and the scalar one (switched with ctpo_ext.load().set_cpu_kernel(...)). This file tests the cumulative family through
-ctpo_ext.ctpo_token_loss and the op's plumbing; tests/test_ext_policy_loss.py tests every method end to end.
+ctpo.policy_loss(backend="ext", agg="token-sum") (whose gradient is the per-token loss where it passes) and the op's plumbing;
+tests/test_ext_policy_loss.py tests every method and aggregation end to end.
 """
 
 import os
@@ -12,7 +13,6 @@ import subprocess
 import sys
 import warnings
 
-import numpy as np
 import pytest
 import torch
 
@@ -20,7 +20,6 @@ import ctpo
 import ctpo_ext
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KNOB_NAMES = ("clip_low", "clip_high", "clip_c", "power", "geomean", "delta_max", "log_w_max")
 CUDA = torch.cuda.is_available()
 
 
@@ -28,13 +27,9 @@ def cfg_for(geomean, power, **kw):
     return ctpo.method_config("ctpo-geomean" if geomean else "ctpo", power=power, **kw)
 
 
-def knobs(cfg):
-    return tuple(cfg[k] for k in KNOB_NAMES)
-
-
 def make(B, T, dtype=torch.float32, seed=0, holes=True, full_rows=(), empty_rows=(), scale=0.05, device="cpu"):
     g = torch.Generator().manual_seed(seed)
-    logp = -1.0 + scale * torch.randn(B, T, generator=g, dtype=torch.float64)
+    logp = -1.0 + scale * torch.randn(B, T, generator=g, dtype=torch.float64)  # log-probs: <= 0 (scale << 1)
     old = logp + scale * torch.randn(B, T, generator=g, dtype=torch.float64)
     lens = torch.randint(0, T + 1, (B,), generator=g)
     mask = torch.arange(T)[None, :] < lens[:, None]
@@ -51,17 +46,21 @@ def make(B, T, dtype=torch.float32, seed=0, holes=True, full_rows=(), empty_rows
 
 
 def reference(logp, old, adv2, mask, cfg):
+    """(the summed loss, log w, d sum / d logp) of ctpo.token_losses; the sum exact (float64) over the per-token losses."""
     lp = logp.detach().clone().requires_grad_()
     loss, log_w, _, _ = ctpo.token_losses(lp, old, adv2, mask, cfg)
     (g,) = torch.autograd.grad(loss.sum(), lp)
-    return loss.detach(), log_w.detach(), g
+    return loss.detach().double().sum().to(loss.dtype), log_w.detach(), g
 
 
 def extension(logp, old, adv2, mask, cfg):
+    """The same from the fused op: policy_loss(backend="ext", agg="token-sum") with the same knobs."""
     lp = logp.detach().clone().requires_grad_()
-    loss, log_w = ctpo_ext.ctpo_token_loss(lp, old, adv2, mask, *knobs(cfg))
-    (g,) = torch.autograd.grad(loss.sum(), lp)
-    return loss.detach(), log_w, g
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss, m = ctpo.policy_loss(lp, old, adv2, mask, backend="ext", agg="token-sum", **cfg)
+    (g,) = torch.autograd.grad(loss, lp)
+    return loss.detach(), m["log_w"], g
 
 
 def assert_parity(ref, got, exact_log_w=True):
@@ -118,14 +117,14 @@ def test_clamps_and_extremes(cpu_path):
     cfg = ctpo.method_config("ctpo", log_w_max=3.0)
     logp, old, adv, mask = make(4, 200, seed=6, full_rows=(0, 2), empty_rows=(3,))
     old[0, :3] = logp[0, :3] - 30.0  # delta clamped to 20, then log rho clamped at 3
-    old[2, 10] = logp[2, 10] + 25.0  # delta clamped to -20
+    logp[2, 10] = old[2, 10] - 25.0  # delta clamped to -20
     logp[1, ~mask[1]] = float("nan")
     old[3, :] = float("inf")
     adv2 = adv[:, None].expand_as(logp).clone()
     adv2[1, ~mask[1]] = float("nan")
     ref, got = reference(logp, old, adv2, mask, cfg), extension(logp, old, adv2, mask, cfg)
     assert_parity(ref, got)
-    assert torch.isfinite(got[0]).all() and torch.isfinite(got[2]).all()
+    assert torch.isfinite(got[0]) and torch.isfinite(got[2]).all()
 
 
 def test_values_exactly_on_a_bound(cpu_path):
@@ -170,27 +169,12 @@ def test_non_contiguous_inputs(cpu_path):
         assert_parity(reference(lp_, old_, adv_, mask_, cfg), extension(lp_, old_, adv_, mask_, cfg))
 
 
-def test_broadcast_and_strided_upstream_gradients(ext):
-    """grad_loss as a broadcast scalar (sum), a per-row broadcast (per-sequence mean), and a dense tensor."""
-    cfg = ctpo.method_config("ctpo")
-    logp, old, adv, mask = make(4, 77, seed=8)
-    adv2 = adv[:, None].expand_as(logp)
-    w = torch.randn(4, 77)
-    for reduce in (lambda L: L.sum(), lambda L: (L.sum(-1) / 3.0).sum(), lambda L: (L * w).sum(), lambda L: L.t().contiguous()[5].sum()):
-        lp_r = logp.clone().requires_grad_()
-        (g_r,) = torch.autograd.grad(reduce(ctpo.token_losses(lp_r, old, adv2, mask, cfg)[0]), lp_r)
-        lp_e = logp.clone().requires_grad_()
-        (g_e,) = torch.autograd.grad(reduce(ctpo_ext.ctpo_token_loss(lp_e, old, adv2, mask, *knobs(cfg))[0]), lp_e)
-        torch.testing.assert_close(g_e, g_r, rtol=2e-6, atol=2e-6)
-
-
 def test_empty_shapes(ext):
-    cfg = ctpo.method_config("ctpo")
     for B, T in ((0, 5), (3, 0)):
         logp = torch.zeros(B, T, requires_grad=True)
-        loss, log_w = ctpo_ext.ctpo_token_loss(logp, torch.zeros(B, T), torch.zeros(B, T), torch.ones(B, T, dtype=torch.bool), *knobs(cfg))
-        assert loss.shape == (B, T) and log_w.shape == (B, T)
-        loss.sum().backward()
+        loss, m = ctpo.policy_loss(logp, torch.zeros(B, T), torch.zeros(B, T), torch.ones(B, T, dtype=torch.bool), backend="ext")
+        assert loss.shape == () and loss.item() == 0 and m["log_w"].shape == (B, T)
+        loss.backward()
         assert logp.grad.shape == (B, T)
 
 
@@ -205,16 +189,15 @@ def test_inlined_exp_matches_sleef(ext):
 
 
 def test_output_cache_gives_ordinary_tensors(ext):
-    cfg = ctpo.method_config("ctpo")
     logp, old, adv, mask = make(3, 50, seed=17)
     ext.pool_clear()
-    loss, log_w = ctpo_ext.ctpo_token_loss(logp, old, adv, mask, *knobs(cfg))
-    ref = loss.clone()
-    loss.resize_(10, 100)  # a resizable storage like any other tensor's
-    del loss, log_w
+    log_w = ctpo.policy_loss(logp, old, adv, mask, backend="ext")[1]["log_w"]
+    ref = log_w.clone()
+    log_w.resize_(10, 100)  # a resizable storage like any other tensor's
+    del log_w
     if ext.pool_cached_bytes() == 0:
         pytest.skip("output cache disabled (CTPO_EXT_POOL_MB=0)")
-    again, _ = ctpo_ext.ctpo_token_loss(logp, old, adv, mask, *knobs(cfg))  # reuses a cached block
+    again = ctpo.policy_loss(logp, old, adv, mask, backend="ext")[1]["log_w"]  # reuses a cached block
     assert torch.equal(again, ref)
     ext.pool_clear()
     assert ext.pool_cached_bytes() == 0
@@ -231,108 +214,31 @@ def test_bf16_error_vs_float64_truth_no_worse_than_python_float32(ext):
     truth = reference(logp.double(), old.double(), adv2.double(), mask, cfg)  # float64 on the same bf16 inputs
     py = reference(logp, old, adv2, mask, cfg)  # the Python backend computes in float32
     got = extension(logp, old, adv2, mask, cfg)
-    for i in range(2):  # loss, log_w
-        err_ext = (got[i].double() - truth[i]).abs().max().item()
-        err_py = (py[i].double() - truth[i]).abs().max().item()
-        assert err_ext <= err_py * 1.001 + 1e-7, (i, err_ext, err_py)
+    err_ext = (got[1].double() - truth[1]).abs().max().item()  # log w
+    err_py = (py[1].double() - truth[1]).abs().max().item()
+    assert err_ext <= err_py * 1.001 + 1e-7, (err_ext, err_py)
     err_ext = (got[2].double() - truth[2]).abs().max().item()  # bf16 gradients: both round the same float32 values
     err_py = (py[2].double() - truth[2]).abs().max().item()
     assert err_ext <= err_py * 1.001 + 1e-7, (err_ext, err_py)
 
 
-def test_gradcheck_float64(ext):
-    """gradcheck compares with finite differences of the value, and in the stop-gradient form the value of
-    loss_t also moves with earlier tokens. So each checked output token gets its own input: row r of the batch
-    is a fixed sequence whose token r is the free variable x_r, and the function returns loss[r, r]. Then
-    d loss[r, r] / d x_r (prefix held fixed) is exactly what the stop-gradient form computes, for every
-    position (t = r + 1 here) and clip region (the data give unclipped, high, low and dual tokens); geomean is
-    checked at t = 1, where S_t / t = S_t."""
-    g = torch.Generator().manual_seed(13)
-    T = 12
-    base = -1.0 + 0.15 * torch.randn(T, generator=g, dtype=torch.float64)
-    old = (base + 0.15 * torch.randn(T, generator=g, dtype=torch.float64))[None].expand(T, T).contiguous()
-    adv2 = torch.randn(T, generator=g, dtype=torch.float64)[:, None].expand(T, T)  # mixed signs, one per row
-    mask = torch.ones(T, T, dtype=torch.bool)
-    eye = torch.eye(T, dtype=torch.bool)
-    n_clipped = 0
-    for geomean, power in ((False, 0.5), (False, 0.0), (False, -0.5), (True, -0.5)):
-        cfg = cfg_for(geomean, power, clip_low=0.1, clip_high=0.2, clip_c=0.3)
-        n = 1 if geomean else T
-
-        def f(x, n=n, cfg=cfg):
-            logp = torch.where(eye, x[:, None].expand(T, T), base[None].expand(T, T))
-            loss, _ = ctpo_ext.ctpo_token_loss(logp[:n], old[:n], adv2[:n], mask[:n], *knobs(cfg))
-            return loss.diagonal()
-
-        x = base.clone().requires_grad_()
-        assert torch.autograd.gradcheck(f, (x,), eps=1e-7, atol=1e-6)
-        flags = ctpo.token_losses(base[None].expand(T, T), old, adv2, mask, cfg)[3]
-        n_clipped += sum(int(fl.diagonal()[:n].sum()) for fl in flags)
-    assert n_clipped >= 5  # the zero-gradient regions were exercised too
-
-
 def test_opcheck(ext):
+    """The op's schema, fake kernel, autograd registration and dispatch agree (torch.library.opcheck), for every
+    ratio, aggregation, dtype, advantage shape, given / default counts and weights."""
     logp, old, adv, mask = make(3, 40, seed=11)
     rw = torch.rand(3, 40)
     for ratio in range(5):
-        for lp, ol, a, w in (
-            (logp, old, adv[:, None].expand_as(logp), None),
-            (logp.double(), old.double(), torch.randn(3, 40, dtype=torch.float64), rw.double()),
-            (logp.bfloat16(), old.float(), adv[:, None].expand_as(logp), rw),
-        ):
-            args = (lp.clone().requires_grad_(), ol, a, mask, w, ratio, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, 7)
-            torch.library.opcheck(torch.ops.ctpo.policy_loss.default, args)
-    out = torch.ops.ctpo.policy_loss(logp, old, adv[:, None].expand_as(logp), mask, None, 3, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, 1)
-    loss, bits = out[0], out[4]
-    assert bits.shape == (3, ctpo_ext.pass_bits_bytes(40)) and bits.dtype == torch.uint8
+        for agg, counts in ((ratio % 5, (None, None, None)), ((ratio + 2) % 5, (7.0, 2.0, 64.0))):
+            for lp, ol, a, w in (
+                (logp, old, adv, None),
+                (logp.double(), old.double(), torch.randn(3, 40, dtype=torch.float64), rw.double()),
+                (logp.bfloat16(), old.float(), adv[:, None].expand_as(logp), rw),
+            ):
+                args = (lp.clone().requires_grad_(), ol, a, mask, w, ratio, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, agg, *counts)
+                torch.library.opcheck(torch.ops.ctpo.policy_loss.default, args)
+    out = torch.ops.ctpo.policy_loss(logp, old, adv, mask, None, 3, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, 0, None, None, None)
     for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
-        for g_tok, g_row in ((torch.randn(3, 40), None), (None, torch.randn(3)), (torch.randn(3, 40), torch.randn(3)), (None, None)):
-            torch.library.opcheck(torch.ops.ctpo.policy_loss_backward.default, (g_tok, g_row, loss, bits, dt))
-
-
-def test_torch_compile_fullgraph(ext):
-    cfg = ctpo.method_config("ctpo")
-    logp, old, adv, mask = make(4, 64, seed=12)
-    adv2 = adv[:, None].expand_as(logp)
-    n = mask.sum().clamp(min=1)
-
-    def f(lp):
-        loss, log_w = ctpo_ext.ctpo_token_loss(lp, old, adv2, mask, *knobs(cfg))
-        return loss.sum() / n, log_w
-
-    assert_compiled_equals_eager(f, logp)
-
-
-def test_torch_compile_policy_loss_op_as_its_knobs_change(ext):
-    """policy_loss_op compiled again with other knob values (dynamo then traces them as symbolic floats): still one
-    graph, equal to eager, for each method's window."""
-    logp, old, adv, mask = make(4, 300, seed=12)
-    adv2 = adv[:, None].expand_as(logp)
-    n = mask.sum().clamp(min=1)
-    for method in ("ctpo", "grpo", "gspo", "ctpo-geomean"):
-        cfg = ctpo.method_config(method)
-        args = (*ctpo._ext_op_args(cfg), cfg["delta_max"], cfg["log_w_max"])
-
-        def f(lp, args=args):
-            out = ctpo_ext.policy_loss_op(lp, old, adv2, mask, None, *args)
-            return out.row_loss.sum() / n, out.log_w
-
-        assert_compiled_equals_eager(f, logp)
-
-
-def assert_compiled_equals_eager(f, logp):
-    """f(lp) -> (scalar loss, log_w): torch.compile(fullgraph=True) of f gives eager's loss, log w and gradient."""
-    lp_c = logp.clone().requires_grad_()
-    # no compile caches: their keys do not cover a C++ op's fake kernel, so a rebuilt extension could meet stale code
-    with torch._inductor.config.patch(force_disable_caches=True):
-        val_c, lw_c = torch.compile(f, fullgraph=True)(lp_c)
-        val_c.backward()
-    lp_e = logp.clone().requires_grad_()
-    val_e, lw_e = f(lp_e)
-    val_e.backward()
-    torch.testing.assert_close(val_c, val_e)
-    assert torch.equal(lw_c, lw_e)
-    torch.testing.assert_close(lp_c.grad, lp_e.grad)
+        torch.library.opcheck(torch.ops.ctpo.policy_loss_backward.default, (torch.tensor(0.5), out[5], out[6], dt))
 
 
 # -----------------------------------------------------------------------------
@@ -422,7 +328,7 @@ def test_cpp_errors_reach_python_cpu_and_cuda(ext):
         "    x = torch.zeros(2, 3, device=dev)\n"
         "    m = torch.ones(2, 3, dtype=torch.bool, device=dev)\n"
         "    try:\n"
-        "        torch.ops.ctpo.policy_loss(x, x, x, m, None, 9, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, 1)\n"
+        "        torch.ops.ctpo.policy_loss(x, x, x, m, None, 9, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, 0, None, None, None)\n"
         "    except ValueError as e:\n"
         "        assert 'ratio' in str(e), e\n"
         "        print('raised on', dev)\n"
@@ -433,82 +339,42 @@ def test_cpp_errors_reach_python_cpu_and_cuda(ext):
 
 
 def test_errors_name_the_argument(ext):
-    cfg = ctpo.method_config("ctpo")
-    k = knobs(cfg)
+    """ctpo.policy_loss checks types, shapes, devices and knobs once, for both backends (tests/test_reliability.py);
+    the op itself keeps its own contract: ValueError / TypeError from C++, naming the argument."""
     logp, old, adv, mask = make(2, 8, seed=16)
-    adv2 = adv[:, None].expand_as(logp)
-    cases = [
-        ((logp[0], old[0], adv, mask[0]), ValueError, "logp"),
-        ((logp.long(), old, adv2, mask), TypeError, "logp"),
-        ((logp, old.int(), adv2, mask), TypeError, "old_logp"),
-        ((logp, old, adv2.long(), mask), TypeError, "adv"),
-        ((logp, old, adv2, mask.float()), TypeError, "mask"),
-        ((logp, old[:, :4], adv2, mask), ValueError, "old_logp"),
-        ((logp, old, adv2[:, :4], mask), ValueError, "adv"),
-        ((logp, old, adv2, mask[:, :4]), ValueError, "mask"),
-        ((logp, old.to("meta"), adv2, mask), ValueError, "old_logp"),
-        ((logp, old, "adv", mask), TypeError, "adv"),
-    ]
-    for args, exc, name in cases:
-        with pytest.raises(exc, match=name):
-            ctpo_ext.ctpo_token_loss(*args, *k)
-    with pytest.raises(ValueError, match="clip_c"):
-        ctpo_ext.ctpo_token_loss(logp, old, adv2, mask, 0.1, 0.1, 0.0, 0.5, False, 20.0, 10.0)
-    # policy_loss_op makes every check of the C++ op itself, before calling it
-    op_cases = [
-        (dict(ratio="cumulative-mean"), ValueError, "ratio"),
-        (dict(power=float("inf")), ValueError, "power"),
-        (dict(power="0.5"), TypeError, "power"),
-        (dict(lower=None), TypeError, "lower"),
-        (dict(delta_max=0.0), ValueError, "delta_max"),
-        (dict(log_w_max=-1.0), ValueError, "log_w_max"),
-        (dict(log_w_max=float("nan")), ValueError, "log_w_max"),
-        (dict(sample_stride=0), ValueError, "sample_stride"),
-        (dict(sample_stride=2.5), TypeError, "sample_stride"),
-        (dict(sample_stride="2"), TypeError, "sample_stride"),
-        (dict(upper=torch.ones(2)), TypeError, "upper"),
-    ]
-    for kw, exc, name in op_cases:
-        with pytest.raises(exc, match=name):
-            ctpo_ext.policy_loss_op(logp, old, adv2, mask, **kw)
-    # ... and takes any real number as the op's scalars: numpy scalars, one-element tensors, an integral float stride
-    ref = ctpo_ext.policy_loss_op(logp, old, adv2, mask, lower=-0.025, power=0.5, sample_stride=2)
-    for kw in (dict(lower=np.float32(-0.025), power=np.float64(0.5), sample_stride=np.int64(2)),
-               dict(lower=torch.tensor(-0.025, dtype=torch.float64), power=torch.tensor(0.5), sample_stride=2.0)):  # fmt: skip
-        got = ctpo_ext.policy_loss_op(logp, old, adv2, mask, **kw)
-        for a, b in zip(got, ref):
-            torch.testing.assert_close(a, b, rtol=1e-6, atol=0)  # np.float32(-0.025) is -0.025 to float32 precision
-    # the raw op checks too (ValueError / TypeError from C++)
     op = torch.ops.ctpo.policy_loss
-    rest = (3, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, 1)
+    rest = (3, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, 0, None, None, None)
     with pytest.raises(ValueError, match="mask"):
-        op(logp, old, adv2, mask[:, :4], None, *rest)
+        op(logp, old, adv, mask[:, :4], None, *rest)
     with pytest.raises(TypeError, match="logp"):
-        op(logp.long(), old, adv2, mask, None, *rest)
+        op(logp.long(), old, adv, mask, None, *rest)
+    with pytest.raises(ValueError, match="adv"):
+        op(logp, old, adv[:1], mask, None, *rest)
     with pytest.raises(ValueError, match="rollout_is_weights"):
-        op(logp, old, adv2, mask, torch.ones(2, 4), *rest)
+        op(logp, old, adv, mask, torch.ones(2, 4), *rest)
     with pytest.raises(ValueError, match="ratio"):
-        op(logp, old, adv2, mask, None, 5, *rest[1:])
-    with pytest.raises(ValueError, match="sample_stride"):
-        op(logp, old, adv2, mask, None, *rest[:-1], 0)
-    bits = torch.zeros(2, 4, dtype=torch.uint8)
+        op(logp, old, adv, mask, None, 5, *rest[1:])
+    with pytest.raises(ValueError, match="power"):
+        op(logp, old, adv, mask, None, 3, -0.1, 0.1, 0.2, float("inf"), *rest[5:])
+    with pytest.raises(ValueError, match="agg"):
+        op(logp, old, adv, mask, None, *rest[:7], 5, None, None, None)
+    with pytest.raises(ValueError, match="num_tokens"):
+        op(logp, old, adv, mask, None, *rest[:8], -1.0, None, None)
+    out = op(logp, old, adv, mask, None, *rest)
     bwd = torch.ops.ctpo.policy_loss_backward
     with pytest.raises(ValueError, match="grad_loss"):
-        bwd(torch.ones(3), None, torch.ones(2, 8), bits, torch.float32)
-    with pytest.raises(ValueError, match="grad_row_loss"):
-        bwd(None, torch.ones(3), torch.ones(2, 8), bits, torch.float32)
-    with pytest.raises(ValueError, match="pass_bits"):
-        bwd(torch.ones(2, 8), None, torch.ones(2, 8), bits[:, :2], torch.float32)
-    with pytest.raises(TypeError, match="pass_bits"):
-        bwd(torch.ones(2, 8), None, torch.ones(2, 8), bits.float(), torch.float32)
+        bwd(torch.ones(3), out[5], out[6], torch.float32)
+    with pytest.raises(ValueError, match="row_scale"):
+        bwd(torch.ones(()), out[5], out[6][:1], torch.float32)
+    with pytest.raises(TypeError, match="grad"):
+        bwd(torch.ones(()), out[5].half(), out[6], torch.float32)
 
 
 def test_unsupported_device_is_a_clear_error(ext):
-    cfg = ctpo.method_config("ctpo")
     x = torch.zeros(2, 3, device="meta")
     assert ctpo_ext.supports(torch.zeros(1)) and not ctpo_ext.supports(x)
-    with pytest.raises(ValueError, match="logp: the fused kernel runs on CPU and CUDA"):
-        ctpo_ext.ctpo_token_loss(x, x, x, torch.ones(2, 3, dtype=torch.bool, device="meta"), *knobs(cfg))
+    with pytest.raises(RuntimeError, match="backend='ext': the extension was built without a kernel for meta tensors"):
+        ctpo.policy_loss(x, x, torch.zeros(2, device="meta"), torch.ones(2, 3, dtype=torch.bool, device="meta"), backend="ext")
 
 
 # -----------------------------------------------------------------------------
@@ -539,9 +405,9 @@ def test_cuda_compile_and_policy_loss(ext):
     loss, m = ctpo.policy_loss(lp, old, adv, mask, backend="ext")
     loss.backward()
     assert m["backend"] == "ext" and torch.isfinite(lp.grad).all()
-    f = torch.compile(lambda x: ctpo_ext.ctpo_token_loss(x, old, adv, mask)[0].sum(), fullgraph=True)
+    f = torch.compile(lambda x: ctpo.policy_loss(x, old, adv, mask, backend="ext")[0], fullgraph=True)
     with torch._inductor.config.patch(force_disable_caches=True):
-        torch.testing.assert_close(f(logp), ctpo_ext.ctpo_token_loss(logp, old, adv, mask)[0].sum())
+        torch.testing.assert_close(f(logp), ctpo.policy_loss(logp, old, adv, mask, backend="ext")[0])
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found")

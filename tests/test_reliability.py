@@ -3,6 +3,8 @@ backend x dtype where it applies. The values are computed independently (by hand
 standard library)."""
 
 import math
+import os
+import re
 import statistics
 import warnings
 
@@ -105,7 +107,7 @@ def test_only_logp_gets_a_gradient(method, backend, adv_shape):
     g = torch.Generator().manual_seed(0)
     B, T = 3, 7
     logp = (-torch.rand(B, T, generator=g)).requires_grad_(True)
-    old = (logp.detach() + 0.05 * torch.randn(B, T, generator=g)).requires_grad_(True)
+    old = (logp.detach() + 0.05 * torch.randn(B, T, generator=g)).clamp(max=0).requires_grad_(True)
     adv = torch.tensor([1.0, -0.5, 0.0]) if adv_shape == "B" else torch.randn(B, T, generator=g)
     adv.requires_grad_(True)
     ref = (logp.detach() - 0.1).requires_grad_(True)
@@ -130,8 +132,9 @@ def test_only_logp_gets_a_gradient(method, backend, adv_shape):
 def test_no_nan_gradient_through_an_unused_branch(method, backend, dtype):
     for log_w_max in (10.0, 50.0, 100.0, 1e4, math.inf):
         for old_value, A in ((-20.0, 1.0), (-20.0, -1.0), (20.0, 1.0), (20.0, -1.0)):
-            logp = torch.zeros(1, 5, dtype=dtype, requires_grad=True)
-            old = torch.full((1, 5), old_value, dtype=dtype)
+            # delta = -old_value, with both log-probs <= 0
+            logp = torch.full((1, 5), min(-old_value, 0.0), dtype=dtype, requires_grad=True)
+            old = torch.full((1, 5), min(old_value, 0.0), dtype=dtype)
             mask = torch.ones(1, 5, dtype=torch.bool)
             loss, m = call(logp, old, torch.tensor([A], dtype=dtype), mask, method=method, backend=backend, log_w_max=log_w_max)
             loss.backward()
@@ -170,8 +173,8 @@ def test_finite_loss_has_finite_gradient_for_random_extreme_knobs(backend):
             knobs.update(power=choice([-2.0, -0.5, 0.0, 0.5, 1.0, 3.0]), clip_high=choice([0.0, 0.05, 10.0]))
         B, T = 3, 9
         scale = choice([0.1, 5.0, 40.0])
-        logp = (scale * torch.randn(B, T, generator=g)).requires_grad_(True)
-        old = scale * torch.randn(B, T, generator=g)
+        logp = (scale * torch.randn(B, T, generator=g) - 8 * scale).requires_grad_(True)  # log-probs: <= 0
+        old = scale * torch.randn(B, T, generator=g) - 8 * scale
         adv = torch.randn(B, generator=g).round()  # some exactly 0
         mask = torch.rand(B, T, generator=g) > 0.3
         loss, m = call(logp, old, adv, mask, method=method, backend=backend, **knobs)
@@ -273,7 +276,7 @@ def test_rollout_is_weights_multiply_each_token(method, backend):
     g = torch.Generator().manual_seed(2)
     B, T = 4, 9
     logp = (-torch.rand(B, T, generator=g, dtype=torch.float64)).requires_grad_(True)
-    old = logp.detach() + 0.2 * torch.randn(B, T, generator=g, dtype=torch.float64)
+    old = (logp.detach() + 0.2 * torch.randn(B, T, generator=g, dtype=torch.float64)).clamp(max=0)
     adv = torch.randn(B, generator=g, dtype=torch.float64)
     mask = torch.rand(B, T, generator=g) > 0.25
     w = 2 * torch.rand(B, T, generator=g, dtype=torch.float64)
@@ -306,3 +309,161 @@ def test_new_aggregation_modes_by_hand():
     assert ctpo.aggregate(loss_tok, mask, "seq-mean-token-sum-norm").item() == pytest.approx(10 / 2 / 4)
     assert ctpo.aggregate(loss_tok, mask, "seq-mean-token-sum-norm", loss_scale_factor=100).item() == pytest.approx(10 / 2 / 100)
     assert ctpo.aggregate(loss_tok, mask, "seq-mean-token-sum-norm", num_seqs=8, loss_scale_factor=5).item() == pytest.approx(10 / 8 / 5)
+
+
+# -----------------------------------------------------------------------------
+# torch.compile in a fresh process: B and T change at every call (RL batches do), no recompile per new shape,
+# equal to eager. ext: fullgraph=True, also before anything loaded the extension; python: graph breaks at the
+# value checks only. Dynamo's tracing is where these faults were (a traced lock, math.gcd / math.isfinite on a
+# symbolic size or knob), so every method x agg runs through Dynamo + AOTAutograd (backend "aot_eager", seconds);
+# Inductor compiles one method per backend.
+
+COMPILE_SCRIPT = r"""
+import sys, torch, torch._dynamo.testing
+import ctpo
+backend, compiler, dynamic = sys.argv[1], sys.argv[2], {"none": None, "true": True}[sys.argv[3]]
+methods = sys.argv[4].split(",")
+SHAPES = ((3, 5), (4, 7), (2, 9), (5, 11))  # every call a new B and T
+
+def inputs(B, T, seed):
+    g = torch.Generator().manual_seed(seed)
+    logp = (-1.0 + 0.3 * torch.randn(B, T, generator=g)).clamp(max=0)
+    old = (logp + 0.3 * torch.randn(B, T, generator=g)).clamp(max=0)
+    mask = torch.rand(B, T, generator=g) > 0.2
+    mask[0] = True
+    w = torch.rand(B, T, generator=g)
+    return logp, old, torch.randn(B, generator=g), mask, w
+
+def run(fn, logp, *rest):
+    lp = logp.clone().requires_grad_()
+    loss, m = fn(lp, *rest)
+    loss.backward()
+    return loss.detach(), lp.grad, {k: v for k, v in m.items() if torch.is_tensor(v)}
+
+for i, method in enumerate(methods):
+    agg = ctpo.AGGS[i % len(ctpo.AGGS)]
+    kw = dict(method=method, agg=agg, backend=backend, num_seqs=4 if agg == "seq-mean-token-sum" else None)
+    def f(lp, old, adv, mask, w):
+        return ctpo.policy_loss(lp, old, adv, mask, rollout_is_weights=w, **kw)
+    torch._dynamo.reset()  # each method on its own (they share f's code object and its recompile limit)
+    counter = torch._dynamo.testing.CompileCounterWithBackend(compiler)
+    cf = torch.compile(f, backend=counter, fullgraph=backend == "ext", dynamic=dynamic)
+    frames = []
+    for k, (B, T) in enumerate(SHAPES):
+        x = inputs(B, T, 100 * i + k)
+        got, want = run(cf, *x), run(f, *x)
+        frames.append(counter.frame_count)
+        torch.testing.assert_close(got[0], want[0], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(got[1], want[1], rtol=1e-6, atol=1e-7)
+        assert list(got[2]) == list(want[2]), (method, got[2].keys())
+        for name in want[2]:
+            torch.testing.assert_close(got[2][name], want[2][name], rtol=1e-6, atol=1e-7, msg=lambda s: f"{method} {name}: {s}")
+    # the first shape compiles a static graph, the second a dynamic one; no new shape after that recompiles
+    assert frames[1] == frames[-1], (method, frames)
+    print(method, agg, "frames", frames)
+print("ok")
+"""
+
+
+def run_compile_script(backend, compiler, dynamic, methods):
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-c", COMPILE_SCRIPT, backend, compiler, dynamic, ",".join(methods)]
+    r = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stdout[-3000:] + r.stderr[-6000:]
+
+
+@pytest.mark.parametrize("backend", ["ext", "python"])
+@pytest.mark.parametrize("dynamic", ["none", "true"])
+def test_compile_with_changing_shapes_every_method_fresh_process(backend, dynamic):
+    if backend == "ext" and not HAVE_EXT:
+        pytest.skip("extension unavailable")
+    run_compile_script(backend, "aot_eager", dynamic, METHODS)
+
+
+@pytest.mark.parametrize("backend", ["ext", "python"])
+def test_compile_inductor_with_changing_shapes_fresh_process(backend):
+    if backend == "ext" and not HAVE_EXT:
+        pytest.skip("extension unavailable")
+    run_compile_script(backend, "inductor", "none", ["ctpo"])
+
+
+# -----------------------------------------------------------------------------
+# Inputs as TRL and verl pass them: (B, 1) advantages are one advantage per row
+
+
+def small_batch(B=4, T=9, seed=5, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    logp = (-0.5 - 0.3 * torch.rand(B, T, generator=g, dtype=dtype)).to(dtype)
+    old = (logp + 0.1 * torch.randn(B, T, generator=g, dtype=dtype)).clamp(max=0)
+    mask = torch.rand(B, T, generator=g) > 0.2
+    mask[-1] = False
+    return logp, old, torch.randn(B, generator=g, dtype=dtype), mask
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("backend", backends())
+def test_advantages_of_shape_b1_are_one_per_row(method, backend):
+    logp, old, adv, mask = small_batch()
+    for agg in ctpo.AGGS:
+        got, want = [], []
+        for a, out in ((adv[:, None], got), (adv, want)):
+            lp = logp.clone().requires_grad_()
+            loss, m = call(lp, old, a, mask, method=method, agg=agg, backend=backend)
+            loss.backward()
+            out += [loss.detach(), lp.grad] + [v for v in m.values() if torch.is_tensor(v)]
+        for x, y in zip(got, want):
+            assert torch.equal(x, y), (agg, x, y)
+    for bad in ((4, 2), (1, 4), (4, 1, 1), (3, 1)):
+        with pytest.raises(ValueError, match=r"advantages: expected shape \(4,\), \(4, 1\) or \(4, 9\)"):
+            call(logp, old, torch.zeros(bad, dtype=logp.dtype), mask, method=method, backend=backend)
+
+
+# -----------------------------------------------------------------------------
+# Probabilities or logits passed as log-probabilities are an error naming the input and its largest value
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+def test_probabilities_or_logits_are_not_log_probs(method, backend, dtype):
+    logp, old, adv, mask = small_batch(dtype=dtype)
+    i, j = 1, int(mask[1].nonzero()[0])
+    for name in ("logp", "old_logp"):
+        for x in ((logp if name == "logp" else old).exp(), 3.0 + torch.zeros_like(logp)):  # probabilities, logits
+            args = dict(logp=logp, old_logp=old)
+            args[name] = x
+            largest = x.float()[mask].max().item()
+            with pytest.raises(ValueError, match=rf"{name}: expected log-probabilities .* largest value of {largest:.6g}"):
+                call(args["logp"], args["old_logp"], adv, mask, method=method, backend=backend)
+        # one value above the margin at one mask=1 position is enough; at a mask=0 position it is ignored
+        args = dict(logp=logp.clone(), old_logp=old.clone())
+        args[name][i, j] = 0.5
+        with pytest.raises(ValueError, match=rf"{name}: .* largest value of 0.5\b"):
+            call(args["logp"], args["old_logp"], adv, mask, method=method, backend=backend)
+        args[name][i, j] = 1e-7 if name == "logp" else 0.004  # a rounding residue above 0: accepted
+        args[name][~mask] = 5.0  # junk padding: allowed, as before
+        loss, _ = call(args["logp"], args["old_logp"], adv, mask, method=method, backend=backend)
+        assert torch.isfinite(loss)
+
+
+# -----------------------------------------------------------------------------
+# A shape error names only the wrong input
+
+
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("name", ["old_logp", "mask", "advantages", "rollout_is_weights", "ref_logp"])
+def test_shape_error_names_only_the_wrong_input(backend, name):
+    logp, old, adv, mask = small_batch()
+    args = dict(old_logp=old, mask=mask, advantages=adv, rollout_is_weights=torch.ones_like(logp), ref_logp=logp)
+    args[name] = args[name][:, :-1] if args[name].dim() == 2 else args[name][:-1]
+    others = [n for n in ("old_logp", "mask", "advantages", "rollout_is_weights", "ref_logp") if n != name]  # logp: the reference
+    with pytest.raises(ValueError) as e:
+        call(logp, args["old_logp"], args["advantages"], args["mask"], backend=backend, beta=0.1,
+             ref_logp=args["ref_logp"], rollout_is_weights=args["rollout_is_weights"])  # fmt: skip
+    msg = str(e.value)
+    assert msg.startswith(f"{name}: expected"), msg
+    assert not any(re.search(rf"(?<![a-z_]){n}\b", msg) for n in others), msg
