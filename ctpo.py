@@ -1,13 +1,12 @@
-"""
-CTPO: Cumulative Token Policy Optimization, in one readable file.
+"""CTPO: Cumulative Token Policy Optimization, in one readable file.
 
 Reference: "Rethinking Importance Sampling in LLM Policy Optimization: A Cumulative Token Perspective", Zhang, Ye,
 Jin, Yu, Xiong, Sahu, Jiang, arXiv 2605.07331 (2026); the authors' code is the policy-loss mode `cum-token-cumprod-la`
 of their verl fork (horizon-llm/CTPO). Related: PPO (Schulman et al. 2017), GRPO (Shao et al. 2024), Dr. GRPO (Liu
 et al. 2025), GSPO (Zheng et al. 2025). The model follows nanoGPT (Karpathy).
 
-The one idea. Data is sampled by an old policy pi_old; we update pi. Every token-level gradient term
-grad log pi(a_t|s_t) * A_t needs an importance weight. With delta_t = log pi - log pi_old:
+The one idea. Data is sampled by an old policy pi_old; we update pi. Every token-level gradient term grad log
+pi(a_t|s_t) * A_t needs an importance weight. With delta_t = log pi - log pi_old:
 
     token      (PPO / GRPO)  w_t = r_t = exp(delta_t)              cheap, biased (ignores the prefix)
     sequence                 w_t = prod_{t'<=H} r_t'               unbiased, variance explodes with H
@@ -15,11 +14,11 @@ grad log pi(a_t|s_t) * A_t needs an importance weight. With delta_t = log pi - l
     cumulative (CTPO)        w_t = rho_t = prod_{t'<=t} r_t'       unbiased for prefix advantages,
                                                                    strictly lower variance than sequence
 
-log rho_t is a random walk: its spread grows like sqrt(t). So CTPO clips in log space with a window
-that widens with the 1-indexed response position t:  log rho_t in [-clip_low * t^p, clip_high * t^p].
+log rho_t is a random walk: its spread grows like sqrt(t). So CTPO clips in log space with a window that widens
+with the 1-indexed response position t:  log rho_t in [-clip_low * t^p, clip_high * t^p].
 
-Sections: model | sampling and log-probs | advantages | importance ratios | clipping | the loss, step by step
-(token_losses, aggregate, policy_loss) | then what a reader may skip: checks, metrics, the call into the kernel.
+Sections: model | sampling, log-probs | advantages | ratios | clipping | the loss (token_losses, aggregate,
+policy_loss) | what a reader may skip: presets, checks, metrics, the call into the fused kernel.
 """
 
 import math
@@ -29,6 +28,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+import ctpo_ext  # the fused op (csrc/): its loader and conventions; importing it builds nothing
 
 # -----------------------------------------------------------------------------
 # The policy: a tiny tokenizer-free GPT (nanoGPT, minus the parts a toy does not need)
@@ -44,24 +45,18 @@ class GPTConfig:
     dropout: float = 0.0  # RL wants pi_old == pi at step 0, so no dropout by default
 
 
-class KVCache:
-    """Per-layer key/value buffers so sampling costs one token of compute per step."""
-
+class KVCache:  # per-layer key/value buffers: sampling costs one token of compute per step
     def __init__(self, config, batch_size, max_len, device, dtype):
         shape = (batch_size, config.n_head, max_len, config.n_embd // config.n_head)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.k, self.v = ([torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)] for _ in "kv")
         self.pos = 0  # number of positions already written
 
 
-class CausalSelfAttention(nn.Module):
-    """Multi-head causal attention; with a cache, new queries attend to every cached key."""
-
+class CausalSelfAttention(nn.Module):  # multi-head causal attention; with a cache, new queries see every cached key
     def __init__(self, config):
         super().__init__()
         assert config.n_embd % config.n_head == 0
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_attn, self.c_proj = nn.Linear(config.n_embd, 3 * config.n_embd), nn.Linear(config.n_embd, config.n_embd)
         self.n_head, self.dropout = config.n_head, config.dropout
 
     def forward(self, x, cache=None, layer=0):
@@ -80,15 +75,11 @@ class CausalSelfAttention(nn.Module):
         return self.c_proj(y.transpose(1, 2).contiguous().view(B, L, C))
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
-
+class Block(nn.Module):  # pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd)
-        self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd)
         C = config.n_embd
+        self.ln_1, self.attn, self.ln_2 = nn.LayerNorm(C), CausalSelfAttention(config), nn.LayerNorm(C)
         self.mlp = nn.Sequential(nn.Linear(C, 4 * C), nn.GELU(), nn.Linear(4 * C, C), nn.Dropout(config.dropout))
 
     def forward(self, x, cache=None, layer=0):
@@ -96,14 +87,11 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-class GPT(nn.Module):
-    """Decoder-only transformer: logits at position i score the token at position i + 1."""
-
+class GPT(nn.Module):  # decoder-only transformer: the logits at position i score the token at position i + 1
     def __init__(self, config):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.wte, self.wpe = nn.Embedding(config.vocab_size, config.n_embd), nn.Embedding(config.block_size, config.n_embd)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -117,12 +105,10 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward(self, idx, cache=None):
-        B, L = idx.shape
-        start = 0 if cache is None else cache.pos
+        L, start = idx.size(1), 0 if cache is None else cache.pos
         if start + L > self.config.block_size:
             raise ValueError(f"idx: sequence of length {start + L} exceeds block_size {self.config.block_size}")
-        pos = torch.arange(start, start + L, device=idx.device)  # (L,)
-        x = self.wte(idx) + self.wpe(pos)  # (B, L, C)
+        x = self.wte(idx) + self.wpe(torch.arange(start, start + L, device=idx.device))  # (B, L, C)
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i)
         if cache is not None:
@@ -164,12 +150,11 @@ def sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_
             kth = torch.topk(scores, min(top_k, scores.size(-1)), dim=-1).values[:, -1:]
             scores = scores.masked_fill(scores < kth, float("-inf"))
         tok = torch.multinomial(F.softmax(scores, dim=-1), 1, generator=generator).squeeze(1)  # (B,)
-        live = ~done
+        live, T = ~done, i + 1
         responses[:, i] = torch.where(live, tok, pad_id)
         mask[:, i] = live  # the EOS token itself is a policy action: it stays in the loss
         logp[:, i] = torch.where(live, logprobs.gather(1, tok[:, None]).squeeze(1), 0.0)
         done |= tok == eos_id
-        T = i + 1
         if bool(done.all()) or i == max_new_tokens - 1:
             break
         logits = model(tok[:, None], cache)[:, -1]
@@ -209,8 +194,7 @@ def group_advantages(rewards, group_size, scale=True, eps=1e-6):
 
 
 # -----------------------------------------------------------------------------
-# The importance-ratio family. Each maps (delta = logp - old_logp, mask) to log w_t, (B, T).
-#
+# The importance-ratio family: each maps (delta = logp - old_logp, mask) to log w_t, (B, T).
 # Stop-gradient form (the default): log w_t = sg(value) + delta_t - sg(delta_t): the method's ratio as value, but the
 # gradient w_t * grad log pi(a_t|s_t) only, the paper's estimator sum_t rho_t A_t grad log pi(a_t|s_t). Differentiating
 # the product itself adds grad log pi(a_t'|s_t') A_t for every t' < t, a noisier estimator: stop_gradient=False, for
@@ -218,7 +202,7 @@ def group_advantages(rewards, group_size, scale=True, eps=1e-6):
 
 
 def response_position(mask):
-    """t: 1-indexed count of response tokens (mask = 1) up to and including each position. (B, T) long."""
+    """t: the 1-indexed count of response tokens (mask = 1) so far, (B, T) long."""
     return mask.long().cumsum(dim=-1)
 
 
@@ -240,8 +224,7 @@ def token_ratio(delta, mask, stop_gradient=True):
 
 def sequence_ratio(delta, mask, stop_gradient=True):
     """Full sequence ratio prod_{t<=H} r_t on every token: log w_t = sum of delta over the whole response."""
-    total = _row_sum(torch.where(mask, delta, 0.0)).expand_as(delta)  # (B, T)
-    return _weights(total, delta, mask, stop_gradient)
+    return _weights(_row_sum(torch.where(mask, delta, 0.0)).expand_as(delta), delta, mask, stop_gradient)
 
 
 def gspo_ratio(delta, mask, stop_gradient=True):
@@ -269,7 +252,7 @@ def cumulative_geomean_ratio(delta, mask, stop_gradient=True):
 
 
 def ratio_clip_bounds(eps_low=0.2, eps_high=0.2, dual_c=3.0):
-    """PPO ratio-space clipping, as log-space bounds (lower, upper, dual): scalars."""
+    """PPO's ratio clipping as log-space bounds (lower, upper, dual): scalars."""
     if not (0 <= eps_low < 1 and eps_high >= 0 and dual_c > 1):
         raise ValueError(f"ratio clip: need 0 <= eps_low < 1, eps_high >= 0, dual_c > 1; got {eps_low}, {eps_high}, {dual_c}")
     return math.log(1 - eps_low), math.log1p(eps_high), math.log(dual_c)
@@ -310,8 +293,7 @@ def clipped_surrogate(log_w, adv, lower, upper, dual):
 
 METHODS = {  # every knob can be overridden by keyword in policy_loss
     "grpo": dict(ratio="token", clip="ratio", eps_low=0.2, eps_high=0.2, dual_c=3.0),
-    # GSPO's own values: a geometric mean moves so little that PPO's 0.2 never clips (no trust region)
-    "gspo": dict(ratio="gspo", clip="ratio", eps_low=3e-4, eps_high=4e-4, dual_c=3.0),
+    "gspo": dict(ratio="gspo", clip="ratio", eps_low=3e-4, eps_high=4e-4, dual_c=3.0),  # GSPO's own: 0.2 would never clip a geometric mean
     "sequence": dict(ratio="sequence", clip="ratio", eps_low=0.2, eps_high=0.2, dual_c=3.0),
     "ctpo": dict(ratio="cumulative", clip="adaptive", clip_low=0.025, clip_high=0.05, clip_c=0.05, power=0.5),
     "ctpo-fixed": dict(ratio="cumulative", clip="adaptive", clip_low=0.025, clip_high=0.05, clip_c=0.05, power=0.0),
@@ -344,8 +326,7 @@ def clip_bounds(t, cfg, dtype=torch.float32):
 
 
 def token_losses(logp, old_logp, adv, mask, cfg):
-    """The CTPO loss per token (and its PPO-family relatives), the Python reference the kernel matches.
-
+    """The CTPO loss per token (and its PPO-family relatives), the Python reference the kernel matches:
     delta_t = clamp(logp - old_logp, +-20); S_t = sum_{t'<=t} m delta; log rho_t = min(sg(S_t) + logp_t - sg(logp_t),
     10) (importance_log_weights); t = mask tokens so far (response_position); window [-clip_low t^p, clip_high t^p],
     dual cap clip_c t^p (adaptive_clip_bounds); L_t = max(-A rho, -A clip(rho)), min(., -A e^(clip_c t^p)) for A < 0
@@ -358,19 +339,17 @@ def token_losses(logp, old_logp, adv, mask, cfg):
     log_w = importance_log_weights(logp, old_logp, mask, cfg)  # (B, T)
     lower, upper, dual = clip_bounds(t, cfg, log_w.dtype)
     loss, flags = clipped_surrogate(log_w, adv.to(log_w.dtype), lower, upper, dual)
-    zero = torch.zeros((), dtype=loss.dtype, device=loss.device)
-    return torch.where(mask, loss, zero), log_w, t, tuple(f & mask for f in flags)
+    return torch.where(mask, loss, torch.zeros((), dtype=loss.dtype, device=loss.device)), log_w, t, tuple(f & mask for f in flags)
 
 
 def kl_k3(logp, ref_logp):
-    """k3 estimator of KL(pi || pi_ref) per token (Schulman 2020): exp(d) - d - 1 with d = ref - logp >= 0."""
+    """k3 estimator of KL(pi || pi_ref) per token (Schulman 2020): exp(d) - d - 1 >= 0 with d = ref - logp."""
     d = (ref_logp - logp).clamp(-20, 20)
     return torch.exp(d) - d - 1
 
 
 def aggregate(loss, mask, agg="token-mean", num_tokens=None, num_seqs=None, loss_scale_factor=None):
-    """Reduce per-token losses (B, T) to a scalar over mask tokens (verl's loss_agg_mode names).
-
+    """Reduce per-token losses (B, T) to a scalar over mask tokens (verl's loss_agg_mode names):
     token-mean:              sum_{i,t} L / num_tokens        (default: this batch's mask count)
     token-sum:               sum_{i,t} L
     seq-mean-token-mean:     sum_i (sum_t L / n_i) / num_seqs (default: rows with at least one token)
@@ -400,7 +379,6 @@ def policy_loss(
     ref_logp=None, beta=0.0, rollout_is_weights=None, loss_scale_factor=None, **knobs,
 ):  # fmt: skip
     """The CTPO loss (and its PPO/GRPO/GSPO/sequence relatives): one entry point. Returns (loss, metrics).
-
     logp, old_logp: (B, T) log pi(a_t|s_t) with gradient (`token_logprobs`), log pi_old(a_t|s_t) (`sample`); <= 0 at mask=1
     advantages: (B,) or (B, 1) one per response, or (B, T) per token;  mask: (B, T) bool or 0/1, 1 = a generated token
     method: grpo | gspo | sequence | ctpo | ctpo-fixed | ctpo-geomean; knobs override the preset: clip_low, clip_high,
@@ -481,14 +459,12 @@ def method_config(method, **overrides):
         cfg["ratio"], cfg["geomean"] = "cumulative", True
     other = next(c for c in CLIP_DEFAULTS if c != cfg["clip"])
     cfg = {**CLIP_DEFAULTS[cfg["clip"]], **{k: v for k, v in cfg.items() if k not in CLIP_DEFAULTS[other]}}
-    for name, want in (
-        ("geomean", bool),
-        ("stop_gradient", bool),
-        *((k, "number") for k in ("delta_max", "log_w_max", *CLIP_DEFAULTS[cfg["clip"]])),
-    ):
-        if not (isinstance(cfg[name], bool) if want is bool else isinstance(cfg[name], (int, float)) and not isinstance(cfg[name], bool)):
-            raise TypeError(f"{name}: expected a {'bool' if want is bool else 'number'}, got {type(cfg[name]).__name__}")
-    for name in ("delta_max", "log_w_max", *CLIP_DEFAULTS[cfg["clip"]]):
+    numeric = ("delta_max", "log_w_max", *CLIP_DEFAULTS[cfg["clip"]])
+    for name in ("geomean", "stop_gradient", *numeric):
+        want = "a bool" if name in ("geomean", "stop_gradient") else "a number"
+        if (want == "a bool") != isinstance(cfg[name], bool) or not isinstance(cfg[name], (int, float)):
+            raise TypeError(f"{name}: expected {want}, got {type(cfg[name]).__name__}")
+    for name in numeric:
         if not KNOB_RANGES[name][0](cfg[name]):
             raise ValueError(f"{name}: expected {KNOB_RANGES[name][1]}, got {cfg[name]!r}")
     return cfg
@@ -523,8 +499,7 @@ def check_inputs(
             raise ValueError(f"mask: expected bool or 0/1 values, got dtype {mask.dtype} with other values")
         mask = mask != 0
     for name, x in tensors[1:]:
-        if x.device != logp.device:
-            raise ValueError(f"{name}: expected device {logp.device} like logp, got {x.device}")
+        _check_device(name, x, logp)
     for name, x, known in (("backend", backend, BACKENDS), ("agg", agg, AGGS)):
         if x not in known:
             raise ValueError(f"{name}: unknown {x!r}; expected one of {list(known)}")
@@ -533,25 +508,28 @@ def check_inputs(
             raise ValueError(f"{name}: expected a finite count >= 0 (or None), got {x!r}")
     if not (isinstance(beta, (int, float)) and 0 <= beta < math.inf):
         raise ValueError(f"beta: expected a finite number >= 0, got {beta!r}")
-    if beta != 0 and ref_logp is None:
-        raise ValueError("ref_logp: required when beta != 0")
     if beta != 0:
+        if ref_logp is None:
+            raise ValueError("ref_logp: required when beta != 0")
         ref_logp = check_token_tensor("ref_logp", ref_logp, logp)
         check_token_values("ref_logp", ref_logp, mask)  # not an input of the fused op: checked here on both backends
-    rollout_is_weights = check_token_tensor("rollout_is_weights", rollout_is_weights, logp)
+    if rollout_is_weights is not None:
+        rollout_is_weights = check_token_tensor("rollout_is_weights", rollout_is_weights, logp)
     return mask, old_logp.detach(), advantages.detach(), ref_logp, rollout_is_weights
 
 
-def check_token_tensor(name, x, logp, mask=None):
-    """An optional per-token input (ref_logp, rollout_is_weights): None, or a (B, T) float tensor like logp, returned detached."""
-    if x is None:
-        return None
+def _check_device(name, x, logp):
+    if x.device != logp.device:
+        raise ValueError(f"{name}: expected device {logp.device} like logp, got {x.device}")
+
+
+def check_token_tensor(name, x, logp):
+    """An optional per-token input (ref_logp, rollout_is_weights): a (B, T) float tensor like logp. Returns it detached."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if x.shape != logp.shape or not x.is_floating_point():
         raise ValueError(f"{name}: expected a float tensor of shape {tuple(logp.shape)} like logp, got {tuple(x.shape)} {x.dtype}")
-    if x.device != logp.device:
-        raise ValueError(f"{name}: expected device {logp.device} like logp, got {x.device}")
+    _check_device(name, x, logp)
     return x.detach()
 
 
@@ -600,33 +578,21 @@ def _at_least_one(count, like):
     return count.to(like.dtype).clamp(min=1) if isinstance(count, torch.Tensor) else torch.sym_max(count, 1)
 
 
-QUANTILE_SAMPLE = 4096  # the ratio quantiles look at this many positions at most (all of them below)
-WEYL = 0x9E3779B9  # 2^32 / golden ratio: the sample's columns, a Weyl sequence in 32-bit fixed point
 QUANTILES = (10, 50, 90)  # ratio_q10 / q50 / q90, in percent
-
-
-def quantile_sample(B, T, device=None):
-    """The quantiles' sample of a (B, T) batch (csrc/ctpo_layout.h's rule): flat positions (K,) long and which exist
-    (K,) bool, K = QUANTILE_SAMPLE. With B T <= K every position; else position k at row floor(k B / K), column
-    floor(frac(k phi) T) (a Weyl sequence: each row's samples spread over all its positions). Traces with symbolic B, T."""
-    k = torch.arange(QUANTILE_SAMPLE, device=device)
-    if B * T <= QUANTILE_SAMPLE:
-        return k.clamp(max=max(B * T - 1, 0)), k < B * T
-    return (k * B) // QUANTILE_SAMPLE * T + (((k * WEYL) & 0xFFFFFFFF) * T >> 32), torch.ones_like(k, dtype=torch.bool)
 
 
 def log_w_quantiles(log_w, mask):
     """Nearest-rank 10/50/90 % quantiles (k = max(1, ceil(q n / 100))) of log w over the mask tokens of
-    `quantile_sample` (if it holds none: the first 4096 mask tokens in flat order; 0 if there are none). (3,). Exact
+    `ctpo_ext.quantile_sample`, the kernel's (if it holds none: the first 4096 mask tokens in flat order; 0 if there are none). (3,). Exact
     up to 4096 positions; beyond, the value's rank among all mask tokens is off by about 1/sqrt(4096) = 1.6 % of the
     count (tests/test_ext_policy_loss.py checks +-3 % on 2^20 tokens)."""
     B, T = mask.shape
     if B * T == 0:
         return log_w.new_zeros(len(QUANTILES))
     lw, m = log_w.detach().reshape(-1), mask.reshape(-1)
-    pos, valid = quantile_sample(B, T, log_w.device)
+    pos, valid = ctpo_ext.quantile_sample(B, T, log_w.device)
     valid, rank = valid & m[pos], m.cumsum(0)  # rank: (B T,) mask tokens up to each position
-    r = torch.arange(1, QUANTILE_SAMPLE + 1, device=log_w.device)
+    r = torch.arange(1, ctpo_ext.QUANTILE_SAMPLE + 1, device=log_w.device)
     missed = ~valid.any()  # the sample caught no mask token: take the first ones (rank r is at searchsorted(rank, r))
     pos = torch.where(missed, torch.searchsorted(rank, r).clamp(max=B * T - 1), pos)
     valid = torch.where(missed, r <= rank[-1], valid)
@@ -637,8 +603,7 @@ def log_w_quantiles(log_w, mask):
 
 @torch.no_grad()
 def loss_metrics(log_w, mask, flags):
-    """Clip counts and fractions (high / low / dual, paper directions), weight statistics, per-position data.
-
+    """Clip counts and fractions (high / low / dual, paper directions), weight statistics, per-position data:
     n_tokens, n_clip_* (0-dim int64); clip_frac_*, ratio_mean / min / max, ratio_q10 / q50 / q90 (`log_w_quantiles`)
     float32, all 1 (on-policy) without tokens; log_w and clipped (bool), (B, T), to plot against t (the paper's
     Figure 1). The fused op computes the same numbers (ratio_mean: its sum is in float64)."""
@@ -650,9 +615,7 @@ def loss_metrics(log_w, mask, flags):
         m[name] = f.sum().float() / nf
     inf = torch.full((1,), math.inf, device=lw.device)  # a sentinel: B T may be 0
     lw_min, lw_max = (torch.cat([torch.where(mask, lw, s * math.inf).reshape(-1), s * inf]) for s in (1, -1))
-    extremes = (
-        torch.stack([lw_min.amin(), lw_max.amax(), *log_w_quantiles(log_w, mask).float()]).double().exp().float()
-    )  # as the kernel rounds
+    extremes = torch.stack([lw_min.amin(), lw_max.amax(), *log_w_quantiles(log_w, mask).float()]).double().exp().float()  # as the kernel
     w = torch.cat([(torch.where(mask, lw.exp(), 0.0).sum() / nf)[None], extremes])
     w = torch.where(n == 0, 1.0, w)  # nothing to describe: the on-policy value 1, never NaN or inf
     m.update(zip(("ratio_mean", "ratio_min", "ratio_max", *(f"ratio_q{q}" for q in QUANTILES)), w.unbind()))
@@ -663,24 +626,10 @@ def loss_metrics(log_w, mask, flags):
 _ext_warned = False
 
 
-@torch.compiler.assume_constant_result  # run eagerly, also while torch.compile traces policy_loss: a build cannot be traced
-def _ext_problem(device_type):
-    """Why the fused op cannot run on `device_type` tensors, or None. Loads (builds) the extension on first use."""
-    try:
-        import ctpo_ext
-
-        ctpo_ext.load()
-        if not ctpo_ext.supports_device(device_type):
-            return f"the extension was built without a kernel for {device_type} tensors"
-    except Exception as e:  # a missing compiler, a failed build
-        return f"the extension could not be loaded ({e}); build it with `pip install --no-build-isolation -e .`"
-    return None
-
-
-def _ext_usable(backend, cfg, logp):
+def _ext_usable(backend, cfg, logp):  # whether policy_loss runs the fused op: ext raises, auto warns once, if it cannot
     global _ext_warned
     sg_only = "the fused kernel implements the stop-gradient form only; stop_gradient=False is a Python teaching option (backend='python')"
-    why = _ext_problem(logp.device.type) if cfg["stop_gradient"] else sg_only
+    why = ctpo_ext.problem(logp.device.type) if cfg["stop_gradient"] else sg_only
     if why is not None and backend == "ext":
         raise RuntimeError(f"backend='ext': {why}")
     if why is not None and not _ext_warned:
@@ -700,8 +649,6 @@ def _ext_op_args(cfg):
 
 def _ext_policy_loss(logp, old_logp, adv, mask, cfg, rollout_is_weights, agg, *counts):
     """policy_loss's ext branch: one op computes the loss, the metrics and the inputs' value checks."""
-    import ctpo_ext
-
     given = [1.0 if isinstance(x, torch.Tensor) else x for x in counts]  # a tensor count divides below (no host sync)
     knobs = (*_ext_op_args(cfg), cfg["delta_max"], cfg["log_w_max"], agg, *given)
     loss, n, stats, log_w, clipped = ctpo_ext.policy_loss(logp, old_logp, adv, mask, rollout_is_weights, *knobs)
