@@ -391,7 +391,7 @@ def policy_loss(
     Only logp gets a gradient. The loss is float32 (float64 for float64 logp); metrics: see `loss_metrics`.
     Raises ValueError / TypeError naming a bad input or knob.
     """
-    cfg = method_config(method, **knobs)
+    cfg = _method_config_cached(method, knobs)
     mask, old_logp, adv, ref_logp, rollout_is_weights = check_inputs(
         logp, old_logp, advantages, mask, agg, backend, num_tokens, num_seqs, loss_scale_factor, ref_logp, beta, rollout_is_weights
     )
@@ -467,6 +467,20 @@ def method_config(method, **overrides):
     for name in numeric:
         if not KNOB_RANGES[name][0](cfg[name]):
             raise ValueError(f"{name}: expected {KNOB_RANGES[name][1]}, got {cfg[name]!r}")
+    return cfg
+
+
+_CONFIGS = {}  # policy_loss's method_config results: (method, (knob, type, value)...) -> cfg, read-only, 256 at most
+
+
+def _method_config_cached(method, knobs):
+    key = (method, *((k, type(v), v) for k, v in knobs.items()))  # with the type: True == 1, but True is not a number
+    try:
+        return _CONFIGS[key]
+    except (KeyError, TypeError):  # not seen yet, or an unhashable knob (method_config says what is wrong with it)
+        cfg = method_config(method, **knobs)
+    if len(_CONFIGS) < 256:
+        _CONFIGS[key] = cfg
     return cfg
 
 
@@ -654,7 +668,7 @@ def _ext_policy_loss(logp, old_logp, adv, mask, cfg, rollout_is_weights, agg, *c
     loss, n, stats, log_w, clipped = ctpo_ext.policy_loss(logp, old_logp, adv, mask, rollout_is_weights, *knobs)
     if torch.compiler.is_compiling():  # no host sync in a graph: an asynchronous assert
         torch._assert_async(n[4] == 0, "policy_loss: NaN or inf, a negative rollout weight, or a log-prob above 0 at a mask=1 position")
-    elif bits := int(n[4]):  # the one host sync of the ext path: the kernel's value checks (ctpo_ext.CHECKS), raised as Python's
+    elif bits := n.tolist()[4]:  # the one host sync of the ext path: the kernel's value checks (ctpo_ext.CHECKS), raised as Python's
         if bits & 8:
             raise ValueError("rollout_is_weights: expected finite non-negative values at every mask=1 position")
         for bit, name in ((1, "logp"), (2, "old_logp"), (4, "advantages")):
