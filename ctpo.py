@@ -1,14 +1,12 @@
-"""
-CTPO: Cumulative Token Policy Optimization, in one readable file.
+"""CTPO: Cumulative Token Policy Optimization, in one readable file.
 
-Reference: "Rethinking Importance Sampling in LLM Policy Optimization: A Cumulative Token
-Perspective", Zhang, Ye, Jin, Yu, Xiong, Sahu, Jiang, arXiv 2605.07331 (2026). The authors' code is
-the policy-loss mode `cum-token-cumprod-la` of their verl fork (horizon-llm/CTPO).
-Related: PPO (Schulman et al. 2017), GRPO (Shao et al. 2024), Dr. GRPO (Liu et al. 2025),
-GSPO (Zheng et al. 2025). The model follows nanoGPT (Karpathy).
+Reference: "Rethinking Importance Sampling in LLM Policy Optimization: A Cumulative Token Perspective", Zhang, Ye,
+Jin, Yu, Xiong, Sahu, Jiang, arXiv 2605.07331 (2026); the authors' code is the policy-loss mode `cum-token-cumprod-la`
+of their verl fork (horizon-llm/CTPO). Related: PPO (Schulman et al. 2017), GRPO (Shao et al. 2024), Dr. GRPO (Liu
+et al. 2025), GSPO (Zheng et al. 2025). The model follows nanoGPT (Karpathy).
 
-The one idea. Data is sampled by an old policy pi_old; we update pi. Every token-level gradient term
-grad log pi(a_t|s_t) * A_t needs an importance weight. With delta_t = log pi - log pi_old:
+The one idea. Data is sampled by an old policy pi_old; we update pi. Every token-level gradient term grad log
+pi(a_t|s_t) * A_t needs an importance weight. With delta_t = log pi - log pi_old:
 
     token      (PPO / GRPO)  w_t = r_t = exp(delta_t)              cheap, biased (ignores the prefix)
     sequence                 w_t = prod_{t'<=H} r_t'               unbiased, variance explodes with H
@@ -16,11 +14,11 @@ grad log pi(a_t|s_t) * A_t needs an importance weight. With delta_t = log pi - l
     cumulative (CTPO)        w_t = rho_t = prod_{t'<=t} r_t'       unbiased for prefix advantages,
                                                                    strictly lower variance than sequence
 
-log rho_t is a random walk: its spread grows like sqrt(t). So CTPO clips in log space with a window
-that widens with the 1-indexed response position t:  log rho_t in [-clip_low * t^p, clip_high * t^p].
+log rho_t is a random walk: its spread grows like sqrt(t). So CTPO clips in log space with a window that widens
+with the 1-indexed response position t:  log rho_t in [-clip_low * t^p, clip_high * t^p].
 
-Sections: model | sampling and log-probs | advantages | importance ratios | clipping | the loss, step by step
-(token_losses, aggregate, policy_loss) | then what a reader may skip: checks, metrics, the call into the kernel.
+Sections: model | sampling, log-probs | advantages | ratios | clipping | the loss (token_losses, aggregate,
+policy_loss) | what a reader may skip: presets, checks, metrics, the call into the fused kernel.
 """
 
 import math
@@ -31,14 +29,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import ctpo_ext  # the fused op (csrc/): its loader and conventions; importing it builds nothing
+
 # -----------------------------------------------------------------------------
 # The policy: a tiny tokenizer-free GPT (nanoGPT, minus the parts a toy does not need)
 
 
 @dataclass
 class GPTConfig:
-    """Size of the policy network."""
-
     vocab_size: int = 16  # tokens are characters of the toy task; no tokenizer
     block_size: int = 64  # longest prompt + response the model ever sees
     n_layer: int = 2
@@ -47,25 +45,18 @@ class GPTConfig:
     dropout: float = 0.0  # RL wants pi_old == pi at step 0, so no dropout by default
 
 
-class KVCache:
-    """Per-layer key/value buffers so sampling costs one token of compute per step."""
-
+class KVCache:  # per-layer key/value buffers: sampling costs one token of compute per step
     def __init__(self, config, batch_size, max_len, device, dtype):
-        hs = config.n_embd // config.n_head
-        shape = (batch_size, config.n_head, max_len, hs)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
-        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)]
+        shape = (batch_size, config.n_head, max_len, config.n_embd // config.n_head)
+        self.k, self.v = ([torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)] for _ in "kv")
         self.pos = 0  # number of positions already written
 
 
-class CausalSelfAttention(nn.Module):
-    """Multi-head causal attention; with a cache, new queries attend to every cached key."""
-
+class CausalSelfAttention(nn.Module):  # multi-head causal attention; with a cache, new queries see every cached key
     def __init__(self, config):
         super().__init__()
         assert config.n_embd % config.n_head == 0
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_attn, self.c_proj = nn.Linear(config.n_embd, 3 * config.n_embd), nn.Linear(config.n_embd, config.n_embd)
         self.n_head, self.dropout = config.n_head, config.dropout
 
     def forward(self, x, cache=None, layer=0):
@@ -76,41 +67,31 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         else:
             p = cache.pos
-            cache.k[layer][:, :, p : p + L] = k
-            cache.v[layer][:, :, p : p + L] = v
+            cache.k[layer][:, :, p : p + L], cache.v[layer][:, :, p : p + L] = k, v
             k, v = cache.k[layer][:, :, : p + L], cache.v[layer][:, :, : p + L]  # (B, nh, p+L, hs)
             # query i (absolute position p+i) may attend to keys 0..p+i
             allowed = torch.ones(L, p + L, dtype=torch.bool, device=x.device).tril(diagonal=p)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
-        y = y.transpose(1, 2).contiguous().view(B, L, C)
-        return self.c_proj(y)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, L, C))
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
-
+class Block(nn.Module):  # pre-norm transformer block: x + attn(ln(x)), then x + mlp(ln(x))
     def __init__(self, config):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd)
-        self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd)
-        self.mlp = nn.Sequential(
-            nn.Linear(config.n_embd, 4 * config.n_embd), nn.GELU(), nn.Linear(4 * config.n_embd, config.n_embd), nn.Dropout(config.dropout)
-        )
+        C = config.n_embd
+        self.ln_1, self.attn, self.ln_2 = nn.LayerNorm(C), CausalSelfAttention(config), nn.LayerNorm(C)
+        self.mlp = nn.Sequential(nn.Linear(C, 4 * C), nn.GELU(), nn.Linear(4 * C, C), nn.Dropout(config.dropout))
 
     def forward(self, x, cache=None, layer=0):
         x = x + self.attn(self.ln_1(x), cache, layer)
         return x + self.mlp(self.ln_2(x))
 
 
-class GPT(nn.Module):
-    """Decoder-only transformer: logits at position i score the token at position i + 1."""
-
+class GPT(nn.Module):  # decoder-only transformer: the logits at position i score the token at position i + 1
     def __init__(self, config):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.wte, self.wpe = nn.Embedding(config.vocab_size, config.n_embd), nn.Embedding(config.block_size, config.n_embd)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.n_layer)])
         self.ln_f = nn.LayerNorm(config.n_embd)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
@@ -120,16 +101,14 @@ class GPT(nn.Module):
     def _init_weights(self, module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
 
     def forward(self, idx, cache=None):
-        B, L = idx.shape
-        start = 0 if cache is None else cache.pos
+        L, start = idx.size(1), 0 if cache is None else cache.pos
         if start + L > self.config.block_size:
             raise ValueError(f"idx: sequence of length {start + L} exceeds block_size {self.config.block_size}")
-        pos = torch.arange(start, start + L, device=idx.device)  # (L,)
-        x = self.wte(idx) + self.wpe(pos)  # (B, L, C)
+        x = self.wte(idx) + self.wpe(torch.arange(start, start + L, device=idx.device))  # (B, L, C)
         for i, block in enumerate(self.blocks):
             x = block(x, cache, i)
         if cache is not None:
@@ -150,13 +129,10 @@ class Rollout:
 
 @torch.no_grad()
 def sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_k=None, generator=None):
-    """Sample responses with a KV cache; return the tokens, the response mask and behaviour log-probs.
-
-    prompts: (B, P) long, all of the same length P. The returned log-probs are those of the
-    temperature-scaled model distribution, which `token_logprobs` recomputes exactly. With top_k the
-    sampler draws from a truncated distribution whose log-probs differ from these (as in every
-    recompute-based RL trainer); keep top_k=None when the ratio must be exact.
-    """
+    """Sample responses with a KV cache: the tokens, response mask and behaviour log-probs (a Rollout).
+    prompts: (B, P) long, one length P. The log-probs are the temperature-scaled model's, which `token_logprobs`
+    recomputes exactly; top_k samples a truncated distribution whose log-probs differ (as in every recompute-based
+    RL trainer): keep top_k=None when the ratio must be exact."""
     if prompts.dim() != 2 or prompts.dtype != torch.long:
         raise ValueError(f"prompts: expected a (B, P) long tensor, got {tuple(prompts.shape)} {prompts.dtype}")
     if not temperature > 0:
@@ -167,21 +143,18 @@ def sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_
     responses = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=prompts.device)
     mask = torch.zeros(B, max_new_tokens, dtype=torch.bool, device=prompts.device)
     logp = torch.zeros(B, max_new_tokens, dtype=torch.float32, device=prompts.device)
-    done = torch.zeros(B, dtype=torch.bool, device=prompts.device)
-    T = 0
+    done, T = torch.zeros(B, dtype=torch.bool, device=prompts.device), 0
     for i in range(max_new_tokens):
-        logprobs = F.log_softmax(logits.float() / temperature, dim=-1)  # (B, V)
-        scores = logprobs
+        scores = logprobs = F.log_softmax(logits.float() / temperature, dim=-1)  # (B, V)
         if top_k is not None:
             kth = torch.topk(scores, min(top_k, scores.size(-1)), dim=-1).values[:, -1:]
             scores = scores.masked_fill(scores < kth, float("-inf"))
         tok = torch.multinomial(F.softmax(scores, dim=-1), 1, generator=generator).squeeze(1)  # (B,)
-        live = ~done
+        live, T = ~done, i + 1
         responses[:, i] = torch.where(live, tok, pad_id)
         mask[:, i] = live  # the EOS token itself is a policy action: it stays in the loss
         logp[:, i] = torch.where(live, logprobs.gather(1, tok[:, None]).squeeze(1), 0.0)
         done |= tok == eos_id
-        T = i + 1
         if bool(done.all()) or i == max_new_tokens - 1:
             break
         logits = model(tok[:, None], cache)[:, -1]
@@ -189,17 +162,12 @@ def sample(model, prompts, max_new_tokens, eos_id, pad_id, temperature=1.0, top_
 
 
 def token_logprobs(model, prompts, responses, mask, temperature=1.0):
-    """log pi(a_t | s_t) for every response token, in one batched forward. Returns (B, T) float32.
-
-    Alignment: the logits at sequence position i score token i + 1, so the response token at
-    position P + t is scored by the logits at P + t - 1. Padding (mask False) is never scored: it
-    gets exactly 0, whatever its id (pad may equal EOS).
-    """
-    P = prompts.size(1)
+    """log pi(a_t | s_t) for every response token, in one batched forward. Returns (B, T) float32. The logits at
+    position i score token i + 1: response token P + t is scored at P + t - 1. Padding (mask False) gets exactly 0,
+    whatever its id (pad may equal EOS)."""
     idx = torch.cat([prompts, responses], dim=1)  # (B, P+T)
-    logits = model(idx[:, :-1])[:, P - 1 :]  # (B, T, V): row t scores responses[:, t]
-    logprobs = F.log_softmax(logits.float() / temperature, dim=-1)
-    logp = logprobs.gather(2, responses.unsqueeze(2)).squeeze(2)  # (B, T)
+    logits = model(idx[:, :-1])[:, prompts.size(1) - 1 :]  # (B, T, V): row t scores responses[:, t]
+    logp = F.log_softmax(logits.float() / temperature, dim=-1).gather(2, responses.unsqueeze(2)).squeeze(2)  # (B, T)
     return torch.where(mask.bool(), logp, torch.zeros_like(logp))
 
 
@@ -209,12 +177,9 @@ def token_logprobs(model, prompts, responses, mask, temperature=1.0):
 
 def group_advantages(rewards, group_size, scale=True, eps=1e-6):
     """GRPO group-relative advantage A_i = (R_i - mean_group) / std_group; scale=False is Dr. GRPO.
-
-    rewards: (B,) float, with the G = group_size responses to one prompt in consecutive rows.
-    Returns (B,) in float32, or float64 for float64 rewards. A group whose rewards are all equal
-    carries no learning signal and gets exactly A = 0: its float mean can be off by an ulp, and that
-    residue must never be divided by its own (tiny) std. Raises ValueError for a bad shape or group_size.
-    """
+    rewards: (B,) float, the G = group_size responses to one prompt in consecutive rows. Returns (B,) float32 (float64
+    for float64 rewards). A group of equal rewards carries no signal and gets exactly A = 0 (its float mean can be off
+    by an ulp, never to be divided by its tiny std). ValueError for a bad shape or group_size."""
     if not isinstance(group_size, int) or group_size < 1:
         raise ValueError(f"group_size: expected a positive int, got {group_size!r}")
     if rewards.dim() != 1 or rewards.numel() % group_size != 0:
@@ -229,31 +194,26 @@ def group_advantages(rewards, group_size, scale=True, eps=1e-6):
 
 
 # -----------------------------------------------------------------------------
-# The importance-ratio family. Each maps (delta = logp - old_logp, mask) to log w_t, (B, T).
-#
-# Stop-gradient form (the default): log w_t = sg(value) + delta_t - sg(delta_t). The value is the
-# ratio the method wants, but the gradient is w_t * grad log pi(a_t|s_t) only. Why: the paper's
-# estimator is sum_t rho_t * A_t * grad log pi(a_t|s_t), with the other tokens' ratios acting as fixed
-# weights; differentiating the product itself would add grad log pi(a_t'|s_t') * A_t terms for every
-# t' < t, a different (and much noisier) estimator. stop_gradient=False gives that form, for teaching
-# and for gradcheck (whose finite differences see the value, so they check the no-sg form).
+# The importance-ratio family: each maps (delta = logp - old_logp, mask) to log w_t, (B, T).
+# Stop-gradient form (the default): log w_t = sg(value) + delta_t - sg(delta_t): the method's ratio as value, but the
+# gradient w_t * grad log pi(a_t|s_t) only, the paper's estimator sum_t rho_t A_t grad log pi(a_t|s_t). Differentiating
+# the product itself adds grad log pi(a_t'|s_t') A_t for every t' < t, a noisier estimator: stop_gradient=False, for
+# teaching and for gradcheck (whose finite differences see the value).
 
 
 def response_position(mask):
-    """t: 1-indexed count of response tokens (mask = 1) up to and including each position. (B, T) long."""
+    """t: the 1-indexed count of response tokens (mask = 1) so far, (B, T) long."""
     return mask.long().cumsum(dim=-1)
 
 
-def _weights(value, delta, mask, stop_gradient):
-    # sg form: value of `value`, gradient of delta_t alone; otherwise differentiate `value` itself
+def _weights(value, delta, mask, stop_gradient):  # sg form: value of `value`, gradient of delta_t alone
     log_w = value.detach() + (delta - delta.detach()) if stop_gradient else value
     return torch.where(mask, log_w, torch.zeros_like(log_w))
 
 
 def _row_sum(x):
-    """sum over T, (B, 1), accumulated in float64 like every prefix sum S_t here and in the kernels: a float32 running
-    sum over thousands of tokens drifts, and torch's own float32 cumsum accumulates in float64 on the CPU but in
-    float32 on CUDA, so the reference would otherwise clip differently on the two devices."""
+    # (B, 1), summed in float64 like every S_t here and in the kernels: a float32 sum over thousands of tokens drifts,
+    # and torch's float32 cumsum is float64 inside on the CPU but not on CUDA (the two would clip differently)
     return x.sum(dim=-1, keepdim=True, dtype=torch.float64).to(x.dtype)
 
 
@@ -264,14 +224,12 @@ def token_ratio(delta, mask, stop_gradient=True):
 
 def sequence_ratio(delta, mask, stop_gradient=True):
     """Full sequence ratio prod_{t<=H} r_t on every token: log w_t = sum of delta over the whole response."""
-    total = _row_sum(torch.where(mask, delta, 0.0)).expand_as(delta)  # (B, T)
-    return _weights(total, delta, mask, stop_gradient)
+    return _weights(_row_sum(torch.where(mask, delta, 0.0)).expand_as(delta), delta, mask, stop_gradient)
 
 
 def gspo_ratio(delta, mask, stop_gradient=True):
     """GSPO: the geometric mean (prod_{t<=H} r_t)^(1/H) over the H response tokens, on every token."""
-    n = mask.sum(dim=-1, keepdim=True).clamp(min=1)
-    mean = (_row_sum(torch.where(mask, delta, 0.0)) / n).expand_as(delta)  # (B, T)
+    mean = (_row_sum(torch.where(mask, delta, 0.0)) / mask.sum(dim=-1, keepdim=True).clamp(min=1)).expand_as(delta)  # (B, T)
     return _weights(mean, delta, mask, stop_gradient)
 
 
@@ -284,30 +242,25 @@ def cumulative_ratio(delta, mask, stop_gradient=True, geomean=False):
 
 
 def cumulative_geomean_ratio(delta, mask, stop_gradient=True):
-    """The authors' second variant: the prefix geometric mean, log w_t = S_t / t."""
+    """The authors' second variant, the prefix geometric mean: log w_t = S_t / t."""
     return cumulative_ratio(delta, mask, stop_gradient, geomean=True)
 
 
 # -----------------------------------------------------------------------------
-# Clipping. Both families are one window [lower_t, upper_t] on log w_t, plus a dual-clip cap dual_t
-# for A < 0 (Ye et al. 2020): PPO's ratio window [1 - eps_low, 1 + eps_high] is the constant log
-# window [log(1 - eps_low), log(1 + eps_high)]; CTPO's widens like t^p.
+# Clipping: one window [lower_t, upper_t] on log w_t plus a dual-clip cap dual_t for A < 0 (Ye et al. 2020). PPO's
+# ratio window [1 - eps_low, 1 + eps_high] is the constant log window [log(1 - eps_low), log1p(eps_high)]; CTPO's widens like t^p.
 
 
 def ratio_clip_bounds(eps_low=0.2, eps_high=0.2, dual_c=3.0):
-    """PPO ratio-space clipping, as log-space bounds (lower, upper, dual): scalars."""
+    """PPO's ratio clipping as log-space bounds (lower, upper, dual): scalars."""
     if not (0 <= eps_low < 1 and eps_high >= 0 and dual_c > 1):
         raise ValueError(f"ratio clip: need 0 <= eps_low < 1, eps_high >= 0, dual_c > 1; got {eps_low}, {eps_high}, {dual_c}")
     return math.log(1 - eps_low), math.log1p(eps_high), math.log(dual_c)
 
 
 def adaptive_clip_bounds(t, clip_low=0.025, clip_high=0.05, clip_c=0.05, power=0.5, dtype=torch.float32):
-    """CTPO's position-adaptive log window: [-clip_low * t^p, clip_high * t^p], dual cap clip_c * t^p.
-
-    t: (B, T) 1-indexed response positions. power=0 is the fixed-window ablation.
-    Note clip_c = clip_high (the paper's default) puts the dual cap on the window's upper edge: a
-    negative-advantage token whose rho is above the window gets no gradient.
-    """
+    """CTPO's position-adaptive log window [-clip_low * t^p, clip_high * t^p], dual cap clip_c * t^p; t: (B, T). power=0:
+    the fixed-window ablation. clip_c = clip_high (paper default): an A < 0 token above the window gets no gradient."""
     if not (clip_low >= 0 and clip_high >= 0 and clip_c > 0):
         raise ValueError(f"adaptive clip: need clip_low >= 0, clip_high >= 0, clip_c > 0; got {clip_low}, {clip_high}, {clip_c}")
     scale = t.clamp(min=1).double().pow(power).to(dtype)  # (B, T) t^p in float64, then rounded
@@ -315,30 +268,20 @@ def adaptive_clip_bounds(t, clip_low=0.025, clip_high=0.05, clip_c=0.05, power=0
 
 
 def clip_flags(log_w, adv, lower, upper, dual):
-    """Which tokens the clipped surrogate stops (zero gradient), by the paper's direction convention.
-
-    high: A > 0 and log w above the upper bound; low: A < 0 and below the lower bound;
-    dual: A < 0 and above the dual cap. A token exactly on a bound is not clipped.
-    """
-    high = (adv > 0) & (log_w > upper)
-    low = (adv < 0) & (log_w < lower)
-    dual = (adv < 0) & (log_w > dual)
-    return high, low, dual
+    """Tokens the clipped surrogate stops (paper's directions). high: A > 0, log w > upper; low: A < 0, log w < lower;
+    dual: A < 0, log w > dual. A token exactly on a bound is not clipped."""
+    return (adv > 0) & (log_w > upper), (adv < 0) & (log_w < lower), (adv < 0) & (log_w > dual)
 
 
 def clipped_surrogate(log_w, adv, lower, upper, dual):
-    """Per-token PPO surrogate with dual clip, written in log space. Returns ((B, T) loss, flags).
-
-    Equal in value to  max(-A w, -A clip(w, e^lower, e^upper)), then min(., -A e^dual) for A < 0.
-    Written with explicit regions (torch.where, never mask-multiplication) so that the gradient is
-    exactly -A * w for every unclipped token and exactly 0 for every clipped one: min/max would halve
-    the gradient at a tie, and 0 * inf would give NaN.
-    """
+    """Per-token PPO surrogate with dual clip, in log space. Returns ((B, T) loss, flags). The value of
+    max(-A w, -A clip(w, e^lower, e^upper)), then min(., -A e^dual) for A < 0, written with explicit regions
+    (torch.where, never a mask product) so that the gradient is exactly -A w unclipped and exactly 0 clipped:
+    min/max would halve it at a tie, and 0 * inf is NaN."""
     high, low, dual_hit = clip_flags(log_w, adv, lower, upper, dual)
     lower, upper, dual = (torch.as_tensor(b, dtype=log_w.dtype, device=log_w.device) for b in (lower, upper, dual))
-    # sel: the log-weight each token's loss uses, log w itself or the bound it is clipped to. Selecting
-    # before the exp keeps exp(log w) out of the branches not taken: with a large log_w_max it overflows,
-    # and the backward of an unused torch.where branch would still compute 0 * inf = NaN.
+    # sel: the log-weight each token uses, log w or its bound. Selecting before the exp keeps exp(log w) out of the
+    # branches not taken: it can overflow, and the backward of an unused torch.where branch computes 0 * inf = NaN
     sel = torch.where(high, upper, torch.where(low, lower, torch.where(dual_hit, dual, log_w)))  # (B, T)
     sel = torch.where(adv == 0, torch.zeros_like(sel), sel)  # A = 0 carries no signal: never 0 * exp(overflow)
     return -adv * torch.exp(sel), (high, low, dual_hit)
@@ -350,8 +293,7 @@ def clipped_surrogate(log_w, adv, lower, upper, dual):
 
 METHODS = {  # every knob can be overridden by keyword in policy_loss
     "grpo": dict(ratio="token", clip="ratio", eps_low=0.2, eps_high=0.2, dual_c=3.0),
-    # GSPO's own values: a geometric mean moves so little that PPO's 0.2 never clips (no trust region)
-    "gspo": dict(ratio="gspo", clip="ratio", eps_low=3e-4, eps_high=4e-4, dual_c=3.0),
+    "gspo": dict(ratio="gspo", clip="ratio", eps_low=3e-4, eps_high=4e-4, dual_c=3.0),  # GSPO's own: 0.2 would never clip a geometric mean
     "sequence": dict(ratio="sequence", clip="ratio", eps_low=0.2, eps_high=0.2, dual_c=3.0),
     "ctpo": dict(ratio="cumulative", clip="adaptive", clip_low=0.025, clip_high=0.05, clip_c=0.05, power=0.5),
     "ctpo-fixed": dict(ratio="cumulative", clip="adaptive", clip_low=0.025, clip_high=0.05, clip_c=0.05, power=0.0),
@@ -384,43 +326,38 @@ def clip_bounds(t, cfg, dtype=torch.float32):
 
 
 def token_losses(logp, old_logp, adv, mask, cfg):
-    """The CTPO loss per token (and its PPO-family relatives), the Python reference the kernel matches.
-
-    The paper's loss step by step: delta_t = clamp(logp - old_logp, +-20); S_t = sum_{t'<=t} m delta;
-    log rho_t = min(sg(S_t) + logp_t - sg(logp_t), 10)  (importance_log_weights);  t = count of mask
-    tokens so far (response_position);  window [-clip_low t^p, clip_high t^p], dual cap clip_c t^p
-    (adaptive_clip_bounds);  L_t = max(-A rho, -A clip(rho)), min(., -A e^(clip_c t^p)) for A < 0
-    (clipped_surrogate);  0 off the mask. adv: (B,) or (B, T). Returns (loss (B, T), log_w, t, flags).
+    """The CTPO loss per token (and its PPO-family relatives), the Python reference the kernel matches:
+    delta_t = clamp(logp - old_logp, +-20); S_t = sum_{t'<=t} m delta; log rho_t = min(sg(S_t) + logp_t - sg(logp_t),
+    10) (importance_log_weights); t = mask tokens so far (response_position); window [-clip_low t^p, clip_high t^p],
+    dual cap clip_c t^p (adaptive_clip_bounds); L_t = max(-A rho, -A clip(rho)), min(., -A e^(clip_c t^p)) for A < 0
+    (clipped_surrogate); 0 off the mask. adv: (B,) or (B, T). Returns (loss (B, T), log_w, t, flags).
     """
     adv = adv[:, None].expand_as(logp) if adv.dim() == 1 else adv
-    # padding may hold anything (-inf log-probs, NaN advantages): zero it so that no NaN reaches a
-    # value or, through an unused branch, a gradient
+    # padding may hold anything (-inf log-probs, NaN advantages): zeroed, no NaN reaches a value or a gradient
     logp, old_logp, adv = (torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device)) for x in (logp, old_logp, adv))
     t = response_position(mask)  # (B, T)
     log_w = importance_log_weights(logp, old_logp, mask, cfg)  # (B, T)
     lower, upper, dual = clip_bounds(t, cfg, log_w.dtype)
     loss, flags = clipped_surrogate(log_w, adv.to(log_w.dtype), lower, upper, dual)
-    zero = torch.zeros((), dtype=loss.dtype, device=loss.device)
-    return torch.where(mask, loss, zero), log_w, t, tuple(f & mask for f in flags)
+    return torch.where(mask, loss, torch.zeros((), dtype=loss.dtype, device=loss.device)), log_w, t, tuple(f & mask for f in flags)
 
 
 def kl_k3(logp, ref_logp):
-    """k3 estimator of KL(pi || pi_ref) per token (Schulman 2020): exp(d) - d - 1 with d = ref - logp >= 0."""
+    """k3 estimator of KL(pi || pi_ref) per token (Schulman 2020): exp(d) - d - 1 >= 0 with d = ref - logp."""
     d = (ref_logp - logp).clamp(-20, 20)
     return torch.exp(d) - d - 1
 
 
 def aggregate(loss, mask, agg="token-mean", num_tokens=None, num_seqs=None, loss_scale_factor=None):
-    """Reduce per-token losses (B, T) to a scalar over mask tokens (verl's loss_agg_mode names).
-
+    """Reduce per-token losses (B, T) to a scalar over mask tokens (verl's loss_agg_mode names):
     token-mean:              sum_{i,t} L / num_tokens        (default: this batch's mask count)
     token-sum:               sum_{i,t} L
     seq-mean-token-mean:     sum_i (sum_t L / n_i) / num_seqs (default: rows with at least one token)
     seq-mean-token-sum:      sum_{i,t} L / num_seqs
-    seq-mean-token-sum-norm: sum_{i,t} L / num_seqs / loss_scale_factor  (Dr. GRPO; default: T, the
-                             padded response length; pass the max response length to keep it constant)
-    With gradient accumulation or several ranks, pass the global num_tokens / num_seqs: then summing
-    the micro-batch losses gives exactly the full-batch loss and gradient.
+    seq-mean-token-sum-norm: sum_{i,t} L / num_seqs / loss_scale_factor  (Dr. GRPO; default T, the padded length:
+                             pass the max response length to keep it constant)
+    With gradient accumulation or several ranks, pass the global num_tokens / num_seqs: then the micro-batch
+    losses sum to exactly the full-batch loss and gradient.
     """
     if agg not in AGGS:
         raise ValueError(f"agg: unknown {agg!r}; expected one of {list(AGGS)}")
@@ -438,40 +375,23 @@ def aggregate(loss, mask, agg="token-mean", num_tokens=None, num_seqs=None, loss
 
 
 def policy_loss(
-    logp,
-    old_logp,
-    advantages,
-    mask,
-    method="ctpo",
-    agg="token-mean",
-    backend="python",
-    num_tokens=None,
-    num_seqs=None,
-    ref_logp=None,
-    beta=0.0,
-    rollout_is_weights=None,
-    loss_scale_factor=None,
-    **knobs,
-):
+    logp, old_logp, advantages, mask, method="ctpo", agg="token-mean", backend="python", num_tokens=None, num_seqs=None,
+    ref_logp=None, beta=0.0, rollout_is_weights=None, loss_scale_factor=None, **knobs,
+):  # fmt: skip
     """The CTPO loss (and its PPO/GRPO/GSPO/sequence relatives): one entry point. Returns (loss, metrics).
-
-    logp:       (B, T) log pi(a_t|s_t), with gradient (from `token_logprobs`); <= 0 at mask=1 positions
-    old_logp:   (B, T) log pi_old(a_t|s_t) of the sampling policy (from `sample`), no gradient needed
-    advantages: (B,) or (B, 1) one per response, or (B, T) per token
-    mask:       (B, T) bool or 0/1; 1 = a token the policy generated
-    method:     grpo | gspo | sequence | ctpo | ctpo-fixed | ctpo-geomean; knobs override the preset:
-                clip_low, clip_high, clip_c, power, eps_low, eps_high, dual_c, geomean, stop_gradient,
-                delta_max, log_w_max, ratio, clip
+    logp, old_logp: (B, T) log pi(a_t|s_t) with gradient (`token_logprobs`), log pi_old(a_t|s_t) (`sample`); <= 0 at mask=1
+    advantages: (B,) or (B, 1) one per response, or (B, T) per token;  mask: (B, T) bool or 0/1, 1 = a generated token
+    method: grpo | gspo | sequence | ctpo | ctpo-fixed | ctpo-geomean; knobs override the preset: clip_low, clip_high,
+        clip_c, power, eps_low, eps_high, dual_c, geomean, stop_gradient, delta_max, log_w_max, ratio, clip
     agg, num_tokens, num_seqs, loss_scale_factor: see `aggregate` (verl's loss_agg_mode names)
-    backend:    python (this file) | ext (the fused C++/CUDA op: every method, stop-gradient form only)
-                | auto (ext if it builds, else python)
+    backend: python (this file) | ext (the fused C++/CUDA op: every method, stop-gradient form only) | auto (ext if it builds)
     ref_logp, beta: optional k3 KL penalty to a frozen reference policy (paper: beta = 0)
-    rollout_is_weights: optional (B, T) >= 0 weights multiplying each token's loss (verl's name: truncated
-                importance weights between the inference engine's and the trainer's log-probs)
-    Only logp receives a gradient. Returns the scalar loss (float32, float64 for float64 logp) and a
-    dict of metrics (`loss_metrics`). Raises ValueError / TypeError naming a bad input or knob.
+    rollout_is_weights: optional (B, T) >= 0 weights on each token's loss (verl's truncated importance weights between
+        the inference engine's and the trainer's log-probs)
+    Only logp gets a gradient. The loss is float32 (float64 for float64 logp); metrics: see `loss_metrics`.
+    Raises ValueError / TypeError naming a bad input or knob.
     """
-    cfg = method_config(method, **knobs)
+    cfg = _method_config_cached(method, knobs)
     mask, old_logp, adv, ref_logp, rollout_is_weights = check_inputs(
         logp, old_logp, advantages, mask, agg, backend, num_tokens, num_seqs, loss_scale_factor, ref_logp, beta, rollout_is_weights
     )
@@ -501,27 +421,37 @@ def policy_loss(
 # extension (csrc/, loaded by ctpo_ext.py)
 
 RATIOS = {
-    "token": token_ratio,
-    "sequence": sequence_ratio,
-    "gspo": gspo_ratio,
-    "cumulative": cumulative_ratio,
+    "token": token_ratio, "sequence": sequence_ratio, "gspo": gspo_ratio, "cumulative": cumulative_ratio,
     "cumulative-geomean": cumulative_geomean_ratio,
-}
+}  # fmt: skip
 CLIP_DEFAULTS = {  # the knobs of each clipping family, for a preset switched to the other family
     "ratio": dict(eps_low=0.2, eps_high=0.2, dual_c=3.0),
     "adaptive": dict(clip_low=0.025, clip_high=0.05, clip_c=0.05, power=0.5),
 }
+KNOBS = {"ratio", "clip", *COMMON, *CLIP_DEFAULTS["ratio"], *CLIP_DEFAULTS["adaptive"]}
+# Each numeric knob's range, checked before any work on every backend: a NaN compares False and would slip through
+# the kernels' and the clamps' comparisons (clamp(x, nan) is nan; delta_max < 0 flips the clamp). inf: no clamp / cap.
+KNOB_RANGES = {
+    "delta_max": (lambda v: v > 0, "a number > 0 (inf: no clamp)"),
+    "log_w_max": (lambda v: v >= 0, "a number >= 0 (the on-policy log w = 0 must be allowed; inf: no cap)"),
+    "eps_low": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "eps_high": (lambda v: v >= 0, "a number >= 0 (inf: no upper clip)"),
+    "dual_c": (lambda v: v > 1, "a number > 1 (inf: no dual clip)"),
+    "clip_low": (lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+    "clip_high": (lambda v: 0 <= v < math.inf, "a finite number >= 0"),
+    "clip_c": (lambda v: 0 < v < math.inf, "a finite number > 0"),
+    "power": (lambda v: -math.inf < v < math.inf, "a finite number (0.5: the paper's sqrt(t); 0: a fixed window)"),
+}
 
 
 def method_config(method, **overrides):
-    """The full knob dict of a preset, with overrides applied; unknown names are an error."""
+    """The full knob dict of a preset, with overrides applied and every knob checked; unknown names are an error."""
     if method not in METHODS:
         raise ValueError(f"method: unknown {method!r}; expected one of {sorted(METHODS)}")
     cfg = {**COMMON, **METHODS[method]}
-    known = {"ratio", "clip", *COMMON, *CLIP_DEFAULTS["ratio"], *CLIP_DEFAULTS["adaptive"]}
     for k, v in overrides.items():
-        if k not in known:
-            raise TypeError(f"policy_loss: unknown keyword {k!r}; knobs are {sorted(known)}")
+        if k not in KNOBS:
+            raise TypeError(f"policy_loss: unknown keyword {k!r}; knobs are {sorted(KNOBS)}")
         cfg[k] = v
     if cfg["ratio"] not in RATIOS or cfg["clip"] not in CLIP_DEFAULTS:
         raise ValueError(f"ratio / clip: unknown {cfg['ratio']!r} / {cfg['clip']!r}")
@@ -529,72 +459,64 @@ def method_config(method, **overrides):
         cfg["ratio"], cfg["geomean"] = "cumulative", True
     other = next(c for c in CLIP_DEFAULTS if c != cfg["clip"])
     cfg = {**CLIP_DEFAULTS[cfg["clip"]], **{k: v for k, v in cfg.items() if k not in CLIP_DEFAULTS[other]}}
-    _check_knobs(cfg)
+    numeric = ("delta_max", "log_w_max", *CLIP_DEFAULTS[cfg["clip"]])
+    for name in ("geomean", "stop_gradient", *numeric):
+        want = "a bool" if name in ("geomean", "stop_gradient") else "a number"
+        if (want == "a bool") != isinstance(cfg[name], bool) or not isinstance(cfg[name], (int, float)):
+            raise TypeError(f"{name}: expected {want}, got {type(cfg[name]).__name__}")
+    for name in numeric:
+        if not KNOB_RANGES[name][0](cfg[name]):
+            raise ValueError(f"{name}: expected {KNOB_RANGES[name][1]}, got {cfg[name]!r}")
     return cfg
 
 
-def _check_knobs(cfg):
-    # every knob is checked before any work, on every backend: a NaN compares False and would slip through
-    # the kernels' and the clamps' comparisons silently (clamp(x, nan) is nan; delta_max < 0 flips the clamp)
-    def need(ok, name, what):
-        if not ok:
-            raise ValueError(f"{name}: expected {what}, got {cfg[name]!r}")
+_CONFIGS = {}  # policy_loss's method_config results: (method, (knob, type, value)...) -> cfg, read-only, 256 at most
 
-    for name in ("geomean", "stop_gradient"):
-        if not isinstance(cfg[name], bool):
-            raise TypeError(f"{name}: expected a bool, got {type(cfg[name]).__name__}")
-    num = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool)  # noqa: E731
-    for name in ("delta_max", "log_w_max", *CLIP_DEFAULTS[cfg["clip"]]):
-        if not num(cfg[name]):
-            raise TypeError(f"{name}: expected a number, got {type(cfg[name]).__name__}")
-    need(cfg["delta_max"] > 0, "delta_max", "a number > 0 (inf: no clamp)")
-    need(cfg["log_w_max"] >= 0, "log_w_max", "a number >= 0 (the on-policy log w = 0 must be allowed; inf: no cap)")
-    if cfg["clip"] == "ratio":
-        need(0 <= cfg["eps_low"] < 1, "eps_low", "a number in [0, 1)")
-        need(cfg["eps_high"] >= 0, "eps_high", "a number >= 0 (inf: no upper clip)")
-        need(cfg["dual_c"] > 1, "dual_c", "a number > 1 (inf: no dual clip)")
-    else:
-        need(0 <= cfg["clip_low"] < math.inf, "clip_low", "a finite number >= 0")
-        need(0 <= cfg["clip_high"] < math.inf, "clip_high", "a finite number >= 0")
-        need(0 < cfg["clip_c"] < math.inf, "clip_c", "a finite number > 0")
-        need(-math.inf < cfg["power"] < math.inf, "power", "a finite number (0.5: the paper's sqrt(t); 0: a fixed window)")
+
+def _method_config_cached(method, knobs):
+    key = (method, *((k, type(v), v) for k, v in knobs.items()))  # with the type: True == 1, but True is not a number
+    try:
+        return _CONFIGS[key]
+    except (KeyError, TypeError):  # not seen yet, or an unhashable knob (method_config says what is wrong with it)
+        cfg = method_config(method, **knobs)
+    if len(_CONFIGS) < 256:
+        _CONFIGS[key] = cfg
+    return cfg
 
 
 def check_inputs(
     logp, old_logp, advantages, mask, agg="token-mean", backend="python", num_tokens=None, num_seqs=None, loss_scale_factor=None,
     ref_logp=None, beta=0.0, rollout_is_weights=None,
 ):  # fmt: skip
-    """Validate types, shapes, devices and the scalar arguments, once, for both backends (the values are checked by
-    `check_values` or by the kernel, in its pass). Returns mask (bool), old_logp, the advantages ((B,) or (B, T)),
-    ref_logp and rollout_is_weights, detached: only logp gets a gradient."""
-    for name, x in (("logp", logp), ("old_logp", old_logp), ("advantages", advantages), ("mask", mask)):
+    """Validate types, shapes, devices and scalar arguments once, for both backends (values: `check_values` or the
+    kernel's pass). Returns mask (bool), then old_logp, the advantages ((B,) or (B, T)), ref_logp, rollout_is_weights
+    detached: only logp gets a gradient."""
+    tensors = (("logp", logp), ("old_logp", old_logp), ("advantages", advantages), ("mask", mask))
+    for name, x in tensors:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if logp.dim() != 2:
         raise ValueError(f"logp: expected shape (B, T), got {tuple(logp.shape)}")
-    for name, x in (("logp", logp), ("old_logp", old_logp), ("advantages", advantages)):
+    for name, x in tensors[:3]:
         if not x.is_floating_point():
             raise TypeError(f"{name}: expected a floating dtype (float16/bfloat16/float32/float64), got {x.dtype}")
-    for name, x in (("old_logp", old_logp), ("mask", mask)):
+    for name, x in tensors[1::2]:  # old_logp, mask
         if x.shape != logp.shape:
             raise ValueError(f"{name}: expected shape {tuple(logp.shape)} like logp, got {tuple(x.shape)}")
-    if advantages.shape == (logp.shape[0], 1):  # TRL's advantages.unsqueeze(1), verl's broadcasting: one per row
+    B = logp.shape[0]
+    if advantages.shape == (B, 1):  # TRL's advantages.unsqueeze(1), verl's broadcasting: one per row
         advantages = advantages[:, 0]
     if advantages.shape not in (logp.shape[:1], logp.shape):
-        raise ValueError(
-            f"advantages: expected shape ({logp.shape[0]},), ({logp.shape[0]}, 1) or {tuple(logp.shape)}, got {tuple(advantages.shape)}"
-        )
+        raise ValueError(f"advantages: expected shape ({B},), ({B}, 1) or {tuple(logp.shape)}, got {tuple(advantages.shape)}")
     if mask.dtype != torch.bool:
         if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
             raise ValueError(f"mask: expected bool or 0/1 values, got dtype {mask.dtype} with other values")
         mask = mask != 0
-    for name, x in (("old_logp", old_logp), ("advantages", advantages), ("mask", mask)):
-        if x.device != logp.device:
-            raise ValueError(f"{name}: expected device {logp.device} like logp, got {x.device}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend: unknown {backend!r}; expected one of {list(BACKENDS)}")
-    if agg not in AGGS:
-        raise ValueError(f"agg: unknown {agg!r}; expected one of {list(AGGS)}")
+    for name, x in tensors[1:]:
+        _check_device(name, x, logp)
+    for name, x, known in (("backend", backend, BACKENDS), ("agg", agg, AGGS)):
+        if x not in known:
+            raise ValueError(f"{name}: unknown {x!r}; expected one of {list(known)}")
     for name, x in (("num_tokens", num_tokens), ("num_seqs", num_seqs), ("loss_scale_factor", loss_scale_factor)):
         if x is not None and not isinstance(x, torch.Tensor) and not (isinstance(x, (int, float)) and 0 <= x < math.inf):
             raise ValueError(f"{name}: expected a finite count >= 0 (or None), got {x!r}")
@@ -603,21 +525,25 @@ def check_inputs(
     if beta != 0:
         if ref_logp is None:
             raise ValueError("ref_logp: required when beta != 0")
-        ref_logp = check_token_tensor("ref_logp", ref_logp, logp, mask)
+        ref_logp = check_token_tensor("ref_logp", ref_logp, logp)
         check_token_values("ref_logp", ref_logp, mask)  # not an input of the fused op: checked here on both backends
     if rollout_is_weights is not None:
-        rollout_is_weights = check_token_tensor("rollout_is_weights", rollout_is_weights, logp, mask)
+        rollout_is_weights = check_token_tensor("rollout_is_weights", rollout_is_weights, logp)
     return mask, old_logp.detach(), advantages.detach(), ref_logp, rollout_is_weights
 
 
-def check_token_tensor(name, x, logp, mask):
+def _check_device(name, x, logp):
+    if x.device != logp.device:
+        raise ValueError(f"{name}: expected device {logp.device} like logp, got {x.device}")
+
+
+def check_token_tensor(name, x, logp):
     """An optional per-token input (ref_logp, rollout_is_weights): a (B, T) float tensor like logp. Returns it detached."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
     if x.shape != logp.shape or not x.is_floating_point():
         raise ValueError(f"{name}: expected a float tensor of shape {tuple(logp.shape)} like logp, got {tuple(x.shape)} {x.dtype}")
-    if x.device != logp.device:
-        raise ValueError(f"{name}: expected device {logp.device} like logp, got {x.device}")
+    _check_device(name, x, logp)
     return x.detach()
 
 
@@ -625,24 +551,19 @@ def check_token_values(name, x, mask, nonnegative=False):
     """ValueError unless x is finite (and >= 0 if asked) at every mask=1 position."""
     ok = torch.isfinite(x) & (x >= 0) if nonnegative else torch.isfinite(x)
     if not bool((ok | ~mask).all()):
-        raise ValueError(_bad_values_message(name, nonnegative))
+        raise ValueError(f"{name}: expected finite{' non-negative' if nonnegative else ''} values at every mask=1 position")
 
 
-def _bad_values_message(name, nonnegative):
-    return f"{name}: expected finite{' non-negative' if nonnegative else ''} values at every mask=1 position"
-
-
-# A log-probability is <= 0. log_softmax in float32 can return a rounding residue above 0 (~1e-7, ~1e-6 for a
-# logsumexp of 100); bfloat16 / float16 storage keeps the sign and the size of such a residue. The margin is also
-# below the smallest clip window (clip_low = 0.025 at t = 1): a log-prob off by more than that would change which
-# tokens clip, so it is an error either way. Probabilities or logits passed as log-probs exceed it in any batch.
+# A log-prob is <= 0, but log_softmax in float32 can return a rounding residue above 0 (~1e-7; ~1e-6 for a logsumexp
+# of 100), kept by bfloat16 / float16 storage. The margin is below the smallest clip window (clip_low = 0.025 at t = 1):
+# a log-prob off by more would change which tokens clip. Probabilities or logits exceed it in any batch.
 LOGP_MARGIN = 0.01
 
 
 def check_values(logp, old_logp, adv, mask, rollout_is_weights=None):
-    """The Python backend's value checks (the kernel makes the same in its pass): ValueError naming a rollout weight
-    that is negative or not finite, the first of logp, old_logp, advantages with a NaN or inf at a mask=1
-    position, then the first of logp, old_logp with a value above LOGP_MARGIN there (probabilities or logits?)."""
+    """The Python backend's value checks (the kernel makes the same in its pass): ValueError naming a negative or
+    non-finite rollout weight, then the first of logp, old_logp, advantages with a NaN or inf at a mask=1 position,
+    then the first of logp, old_logp above LOGP_MARGIN there (probabilities or logits?)."""
     if rollout_is_weights is not None:
         check_token_values("rollout_is_weights", rollout_is_weights, mask, nonnegative=True)
     adv = adv[:, None].expand_as(logp) if adv.dim() == 1 else adv
@@ -651,11 +572,9 @@ def check_values(logp, old_logp, adv, mask, rollout_is_weights=None):
         for name, x in (("logp", logp), ("old_logp", old_logp), ("advantages", adv)):
             if not bool(torch.isfinite(torch.where(mask, x.detach(), 0.0)).all()):
                 raise ValueError(f"{name}: NaN or inf at a mask=1 position")
-    if logp.numel() > 0:
-        top = torch.where(mask, torch.maximum(logp.detach().float(), old_logp.float()), -math.inf).amax()
-        if bool(top > LOGP_MARGIN):
-            for name, x in (("logp", logp), ("old_logp", old_logp)):
-                check_logp_max(name, torch.where(mask, x.detach().float(), -math.inf).amax().item())
+    if logp.numel() > 0 and bool(torch.where(mask, torch.maximum(logp.detach().float(), old_logp.float()), -math.inf).amax() > LOGP_MARGIN):
+        for name, x in (("logp", logp), ("old_logp", old_logp)):
+            check_logp_max(name, torch.where(mask, x.detach().float(), -math.inf).amax().item())
 
 
 def check_logp_max(name, largest):
@@ -670,75 +589,50 @@ def check_logp_max(name, largest):
 def _at_least_one(count, like):
     # an empty batch gives loss 0, not 0/0. A Python (or symbolic) number stays one: as_tensor would make torch.compile
     # specialise on it, and recompile for every new T (the default loss_scale_factor)
-    if isinstance(count, torch.Tensor):
-        return count.to(like.dtype).clamp(min=1)
-    return torch.sym_max(count, 1)
+    return count.to(like.dtype).clamp(min=1) if isinstance(count, torch.Tensor) else torch.sym_max(count, 1)
 
 
-QUANTILE_SAMPLE = 4096  # the ratio quantiles look at this many positions at most (all of them below)
-WEYL = 0x9E3779B9  # 2^32 / golden ratio: the sample's columns, a Weyl sequence in 32-bit fixed point
 QUANTILES = (10, 50, 90)  # ratio_q10 / q50 / q90, in percent
-
-
-def quantile_sample(B, T, device=None):
-    """The quantiles' sample of a (B, T) batch: flat positions (K,) long and which exist (K,) bool, K = QUANTILE_SAMPLE.
-    With B T <= K every position; else position k at row floor(k B / K), column floor(frac(k phi) T) (a Weyl
-    sequence: every row's samples spread over all its positions, whatever T divides). Tensor arithmetic only, so
-    it traces with symbolic B, T. csrc/ctpo_layout.h is the same rule."""
-    k = torch.arange(QUANTILE_SAMPLE, device=device)
-    if B * T <= QUANTILE_SAMPLE:
-        return k.clamp(max=max(B * T - 1, 0)), k < B * T
-    col = ((k * WEYL) & 0xFFFFFFFF) * T >> 32
-    return (k * B) // QUANTILE_SAMPLE * T + col, torch.ones_like(k, dtype=torch.bool)
 
 
 def log_w_quantiles(log_w, mask):
     """Nearest-rank 10/50/90 % quantiles (k = max(1, ceil(q n / 100))) of log w over the mask tokens of
-    `quantile_sample` (if it holds none, a sparse mask: the first 4096 mask tokens in flat order; 0 if there are
-    none). (3,). Exact up to 4096 positions; beyond, the returned value's rank among all mask tokens is off by
-    about 1/sqrt(4096) = 1.6 % of the count (tests/test_ext_policy_loss.py checks +-3 % on 2^20 tokens)."""
+    `ctpo_ext.quantile_sample`, the kernel's (if it holds none: the first 4096 mask tokens in flat order; 0 if there are none). (3,). Exact
+    up to 4096 positions; beyond, the value's rank among all mask tokens is off by about 1/sqrt(4096) = 1.6 % of the
+    count (tests/test_ext_policy_loss.py checks +-3 % on 2^20 tokens)."""
     B, T = mask.shape
     if B * T == 0:
         return log_w.new_zeros(len(QUANTILES))
     lw, m = log_w.detach().reshape(-1), mask.reshape(-1)
-    pos, valid = quantile_sample(B, T, log_w.device)
-    valid = valid & m[pos]
-    rank = m.cumsum(0)  # (B T,) mask tokens up to each position
-    r = torch.arange(1, QUANTILE_SAMPLE + 1, device=log_w.device)
+    pos, valid = ctpo_ext.quantile_sample(B, T, log_w.device)
+    valid, rank = valid & m[pos], m.cumsum(0)  # rank: (B T,) mask tokens up to each position
+    r = torch.arange(1, ctpo_ext.QUANTILE_SAMPLE + 1, device=log_w.device)
     missed = ~valid.any()  # the sample caught no mask token: take the first ones (rank r is at searchsorted(rank, r))
     pos = torch.where(missed, torch.searchsorted(rank, r).clamp(max=B * T - 1), pos)
     valid = torch.where(missed, r <= rank[-1], valid)
-    vals = torch.where(valid, lw[pos], math.nan).sort().values  # NaN (the missing) sorts last
-    n = valid.sum()
+    vals, n = torch.where(valid, lw[pos], math.nan).sort().values, valid.sum()  # NaN (the missing) sorts last
     kth = ((torch.tensor(QUANTILES, device=log_w.device) * n + 99) // 100).clamp(min=1) - 1
     return torch.where(n > 0, vals[kth], 0.0)
 
 
 @torch.no_grad()
 def loss_metrics(log_w, mask, flags):
-    """Clip fractions (high / low / dual, paper directions), weight statistics, per-position data.
-
-    n_tokens, clip counts (0-dim int64); clip fractions, ratio_mean / min / max and the ratio quantiles ratio_q10 /
-    q50 / q90 (`log_w_quantiles`: exact up to 4096 positions, a sample beyond), float32; all 1 (on-policy) without
-    tokens. Per-token (B, T) data for plots against the position t = response_position(mask) (the paper's
-    Figure 1): log_w, clipped (bool). The fused op computes the same numbers (ratio_mean: its sum is in float64).
-    """
+    """Clip counts and fractions (high / low / dual, paper directions), weight statistics, per-position data:
+    n_tokens, n_clip_* (0-dim int64); clip_frac_*, ratio_mean / min / max, ratio_q10 / q50 / q90 (`log_w_quantiles`)
+    float32, all 1 (on-policy) without tokens; log_w and clipped (bool), (B, T), to plot against t (the paper's
+    Figure 1). The fused op computes the same numbers (ratio_mean: its sum is in float64)."""
     high, low, dual = flags
-    clipped = high | low | dual
-    n = mask.sum()
-    nf, empty = n.clamp(min=1).float(), n == 0
+    clipped, n = high | low | dual, mask.sum()
+    nf, lw = n.clamp(min=1).float(), log_w.detach().float()
     m = {"n_tokens": n, "n_clip_high": high.sum(), "n_clip_low": low.sum(), "n_clip_dual": dual.sum()}
     for name, f in (("clip_frac_high", high), ("clip_frac_low", low), ("clip_frac_dual", dual), ("clip_frac", clipped)):
         m[name] = f.sum().float() / nf
-    lw = log_w.detach().float()
-    inf = torch.full((1,), math.inf, device=lw.device)
-    lw_min = torch.cat([torch.where(mask, lw, math.inf).reshape(-1), inf]).amin()  # the sentinel: B T may be 0
-    lw_max = torch.cat([torch.where(mask, lw, -math.inf).reshape(-1), -inf]).amax()
-    extremes = torch.stack([lw_min, lw_max, *log_w_quantiles(log_w, mask).float()]).double().exp().float()  # as the kernel rounds them
+    inf = torch.full((1,), math.inf, device=lw.device)  # a sentinel: B T may be 0
+    lw_min, lw_max = (torch.cat([torch.where(mask, lw, s * math.inf).reshape(-1), s * inf]) for s in (1, -1))
+    extremes = torch.stack([lw_min.amin(), lw_max.amax(), *log_w_quantiles(log_w, mask).float()]).double().exp().float()  # as the kernel
     w = torch.cat([(torch.where(mask, lw.exp(), 0.0).sum() / nf)[None], extremes])
-    w = torch.where(empty, 1.0, w)  # nothing to describe: the on-policy value 1, never NaN or inf
-    for name, v in zip(("ratio_mean", "ratio_min", "ratio_max", *(f"ratio_q{q}" for q in QUANTILES)), w.unbind()):
-        m[name] = v
+    w = torch.where(n == 0, 1.0, w)  # nothing to describe: the on-policy value 1, never NaN or inf
+    m.update(zip(("ratio_mean", "ratio_min", "ratio_max", *(f"ratio_q{q}" for q in QUANTILES)), w.unbind()))
     m["log_w"], m["clipped"] = log_w.detach(), clipped
     return m
 
@@ -746,35 +640,16 @@ def loss_metrics(log_w, mask, flags):
 _ext_warned = False
 
 
-@torch.compiler.assume_constant_result  # run eagerly, also while torch.compile traces policy_loss: a build cannot be traced
-def _ext_problem(device_type):
-    """Why the fused op cannot run on `device_type` tensors, or None. Loads (builds) the extension on first use."""
-    try:
-        import ctpo_ext
-
-        ctpo_ext.load()
-        if not ctpo_ext.supports_device(device_type):
-            return f"the extension was built without a kernel for {device_type} tensors"
-    except Exception as e:  # a missing compiler, a failed build
-        return f"the extension could not be loaded ({e}); build it with `pip install --no-build-isolation -e .`"
-    return None
-
-
-def _ext_usable(backend, cfg, logp):
+def _ext_usable(backend, cfg, logp):  # whether policy_loss runs the fused op: ext raises, auto warns once, if it cannot
     global _ext_warned
-    why = None
-    if not cfg["stop_gradient"]:
-        why = "the fused kernel implements the stop-gradient form only; stop_gradient=False is a Python teaching option (backend='python')"
-    else:
-        why = _ext_problem(logp.device.type)
-    if why is None:
-        return True
-    if backend == "ext":
+    sg_only = "the fused kernel implements the stop-gradient form only; stop_gradient=False is a Python teaching option (backend='python')"
+    why = ctpo_ext.problem(logp.device.type) if cfg["stop_gradient"] else sg_only
+    if why is not None and backend == "ext":
         raise RuntimeError(f"backend='ext': {why}")
-    if not _ext_warned:
+    if why is not None and not _ext_warned:
         warnings.warn(f"backend='auto' falls back to Python: {why}", stacklevel=3)
         _ext_warned = True
-    return False
+    return why is None
 
 
 def _ext_op_args(cfg):
@@ -786,34 +661,25 @@ def _ext_op_args(cfg):
     return ratio, -cfg["clip_low"], cfg["clip_high"], cfg["clip_c"], cfg["power"]
 
 
-def _ext_policy_loss(logp, old_logp, adv, mask, cfg, rollout_is_weights, agg, num_tokens, num_seqs, loss_scale_factor):
+def _ext_policy_loss(logp, old_logp, adv, mask, cfg, rollout_is_weights, agg, *counts):
     """policy_loss's ext branch: one op computes the loss, the metrics and the inputs' value checks."""
-    import ctpo_ext
-
-    counts = (num_tokens, num_seqs, loss_scale_factor)
     given = [1.0 if isinstance(x, torch.Tensor) else x for x in counts]  # a tensor count divides below (no host sync)
     knobs = (*_ext_op_args(cfg), cfg["delta_max"], cfg["log_w_max"], agg, *given)
     loss, n, stats, log_w, clipped = ctpo_ext.policy_loss(logp, old_logp, adv, mask, rollout_is_weights, *knobs)
-    _raise_bad_values(n[4], stats)
+    if torch.compiler.is_compiling():  # no host sync in a graph: an asynchronous assert
+        torch._assert_async(n[4] == 0, "policy_loss: NaN or inf, a negative rollout weight, or a log-prob above 0 at a mask=1 position")
+    elif bits := n.tolist()[4]:  # the one host sync of the ext path: the kernel's value checks (ctpo_ext.CHECKS), raised as Python's
+        if bits & 8:
+            raise ValueError("rollout_is_weights: expected finite non-negative values at every mask=1 position")
+        for bit, name in ((1, "logp"), (2, "old_logp"), (4, "advantages")):
+            if bits & bit:
+                raise ValueError(f"{name}: NaN or inf at a mask=1 position")
+        for bit, name, col in ((16, "logp", 10), (32, "old_logp", 11)):
+            if bits & bit:
+                check_logp_max(name, stats[col].item())
     for x, used in zip(counts, (agg == "token-mean", agg.startswith("seq-"), agg == "seq-mean-token-sum-norm")):
         if isinstance(x, torch.Tensor) and used:
             loss = loss / x.to(loss.dtype).clamp(min=1)
     m = dict(zip(ctpo_ext.COUNTS[:4], n.unbind()[:4])) | dict(zip(ctpo_ext.METRICS[:10], stats.unbind()[:10]))
     m["log_w"], m["clipped"] = log_w, clipped
     return loss, m
-
-
-def _raise_bad_values(check, stats):
-    """The kernel's value checks (counts[4], bits of ctpo_ext.CHECKS), raised as the Python backend raises them."""
-    if torch.compiler.is_compiling():  # no host sync in a graph: an asynchronous assert
-        torch._assert_async(check == 0, "policy_loss: NaN or inf, a negative rollout weight, or a log-prob above 0 at a mask=1 position")
-        return
-    bits = int(check)  # the one host sync of the ext path
-    if bits & 8:
-        raise ValueError(_bad_values_message("rollout_is_weights", True))
-    for bit, name in ((1, "logp"), (2, "old_logp"), (4, "advantages")):
-        if bits & bit:
-            raise ValueError(f"{name}: NaN or inf at a mask=1 position")
-    for bit, name, col in ((16, "logp", 10), (32, "old_logp", 11)):
-        if bits & bit:
-            check_logp_max(name, stats[col].item())

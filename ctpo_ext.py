@@ -186,6 +186,18 @@ def supports_device(device_type):
     return device_type == "cpu" or (device_type == "cuda" and _with_cuda)
 
 
+@torch.compiler.assume_constant_result  # run eagerly, also while torch.compile traces ctpo.policy_loss: a build cannot be traced
+def problem(device_type):
+    """Why the fused op cannot run on `device_type` tensors, or None; never raises. Loads (builds) on first use."""
+    try:
+        load()
+        if not supports_device(device_type):
+            return f"the extension was built without a kernel for {device_type} tensors"
+    except Exception as e:  # a missing compiler, a failed build
+        return f"the extension could not be loaded ({e}); build it with `pip install --no-build-isolation -e .`"
+    return None
+
+
 def _older_than_sources(path):
     if not CHECKOUT:  # an installed copy: its build and its sources were installed together
         return False
@@ -227,6 +239,20 @@ METRICS = (  # the op's `metrics` (12,) float32: ctpo.loss_metrics' scalars, the
     "max_old_logp",
 )
 CHECKS = ((1, "logp"), (2, "old_logp"), (4, "advantages"), (8, "rollout_is_weights"), (16, "max_logp"), (32, "max_old_logp"))
+QUANTILE_SAMPLE = 4096  # the ratio quantiles look at this many positions at most (all of them below)
+WEYL = 0x9E3779B9  # 2^32 / golden ratio: the sample's columns, a Weyl sequence in 32-bit fixed point
+
+
+def quantile_sample(B, T, device=None):
+    """The ratio quantiles' sample of a (B, T) batch, on both backends (ctpo.log_w_quantiles; ctpo_layout.h is the same
+    rule): flat positions (K,) long and which exist (K,) bool, K = QUANTILE_SAMPLE. With B T <= K every position; else
+    position k at row floor(k B / K), column floor(frac(k phi) T) (a Weyl sequence: every row's samples spread over all
+    its positions, whatever T divides). Tensor arithmetic only, so it traces with symbolic B, T."""
+    k = torch.arange(QUANTILE_SAMPLE, device=device)
+    if B * T <= QUANTILE_SAMPLE:
+        return k.clamp(max=max(B * T - 1, 0)), k < B * T
+    col = ((k * WEYL) & 0xFFFFFFFF) * T >> 32
+    return (k * B) // QUANTILE_SAMPLE * T + col, torch.ones_like(k, dtype=torch.bool)
 
 
 def _compute_dtype(dtype):

@@ -237,10 +237,10 @@ def test_quantiles_of_a_large_batch_within_the_stated_rank_error(ext, method):
 def test_quantile_sample_spreads_over_rows_and_positions():
     """Every position up to 4096; beyond, every row's samples spread over its positions, whatever T divides."""
     for B, T in ((3, 7), (1, 1), (16, 256), (0, 5)):
-        pos, valid = ctpo.quantile_sample(B, T)
+        pos, valid = ctpo_ext.quantile_sample(B, T)
         assert pos[valid].tolist() == list(range(B * T))
     for B, T in ((4096, 256), (256, 4096), (1000, 4096), (2, 65536), (64, 8192)):
-        pos, valid = ctpo.quantile_sample(B, T)
+        pos, valid = ctpo_ext.quantile_sample(B, T)
         assert valid.all() and pos.unique().numel() == 4096 and int(pos.max()) < B * T
         rows, cols = pos // T, pos % T
         assert rows.unique().numel() == min(B, 4096)
@@ -403,7 +403,7 @@ def test_cuda_arch_decision(monkeypatch):
 def sparse_mask_inputs(B=100, T=1000):
     """(logp, old_logp, mask, g): 5 mask tokens, none at a position of the quantile sample, and the generator."""
     sampled = torch.zeros(B * T, dtype=torch.bool)
-    sampled[ctpo.quantile_sample(B, T)[0]] = True
+    sampled[ctpo_ext.quantile_sample(B, T)[0]] = True
     free = (~sampled).nonzero().squeeze(1)
     mask = torch.zeros(B * T, dtype=torch.bool)
     mask[free[torch.tensor([0, 1, 500, 4000, 9000])]] = True
