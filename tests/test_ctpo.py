@@ -401,7 +401,7 @@ def test_bad_names_are_errors():
 
 
 def test_ext_backend_on_a_form_without_kernel_says_why():
-    # every method has a kernel (issue 9); the no-stop-gradient teaching form does not
+    # every method has a kernel; the no-stop-gradient teaching form does not
     with pytest.raises(RuntimeError, match="stop-gradient form only"):
         ctpo.policy_loss(*_ok(), method="grpo", backend="ext", stop_gradient=False)
 

@@ -1,4 +1,4 @@
-"""Faults found by trying peers' bug reports (issue 8), each tested for its whole kind: every method x agg x
+"""Faults found by trying peers' bug reports, each tested for its whole kind: every method x agg x
 backend x dtype where it applies. The values are computed independently (by hand, or in float64 with the
 standard library)."""
 
