@@ -24,3 +24,14 @@ def cpu_path(request, ext):
     ext.set_cpu_kernel(request.param)
     yield request.param
     ext.set_cpu_kernel("auto")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors on a shared 2-core machine: one thread is several times faster; restored afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -8,14 +8,7 @@ import torch
 
 import bias_variance as bv
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny tensors on a shared 2-core machine: one thread is several times faster; restored afterwards
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # (V, H, kappa, seed): the CLI default first, then a longer binary-vocabulary toy and a short wide one

@@ -14,6 +14,7 @@ import torch
 
 import ctpo
 import ctpo_ext
+from bench import OpCounter  # the counter that `bench.py --breakdown` prints
 
 METHODS = list(ctpo.METHODS)
 COUNTS = ("n_tokens", "n_clip_high", "n_clip_low", "n_clip_dual")
@@ -328,19 +329,6 @@ def test_gradcheck_float64(ext, ratio, clip):
 
 # -----------------------------------------------------------------------------
 # The ext path's work around the fused op: counted ops (CPU tensors), not timed
-
-
-class OpCounter(torch.utils._python_dispatch.TorchDispatchMode):
-    """Counts the compute ops dispatched (views, whose outputs alias an input, are not counted) and the host syncs."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not any(r.alias_info is not None for r in func._schema.returns):
-            self.ops.append(str(func.overloadpacket.__name__))
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("method", METHODS)

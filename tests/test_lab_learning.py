@@ -15,13 +15,7 @@ import torch
 import bias_variance as bv
 import lab_learning as ll
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # -----------------------------------------------------------------------------
