@@ -446,14 +446,14 @@ KNOB_RANGES = {
 
 def method_config(method, **overrides):
     """The full knob dict of a preset, with overrides applied and every knob checked; unknown names are an error."""
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"method: unknown {method!r}; expected one of {sorted(METHODS)}")
     cfg = {**COMMON, **METHODS[method]}
     for k, v in overrides.items():
         if k not in KNOBS:
             raise TypeError(f"policy_loss: unknown keyword {k!r}; knobs are {sorted(KNOBS)}")
         cfg[k] = v
-    if cfg["ratio"] not in RATIOS or cfg["clip"] not in CLIP_DEFAULTS:
+    if not all(isinstance(cfg[k], str) for k in ("ratio", "clip")) or cfg["ratio"] not in RATIOS or cfg["clip"] not in CLIP_DEFAULTS:
         raise ValueError(f"ratio / clip: unknown {cfg['ratio']!r} / {cfg['clip']!r}")
     if cfg["ratio"] == "cumulative-geomean":  # one spelling downstream: the cumulative ratio with geomean
         cfg["ratio"], cfg["geomean"] = "cumulative", True

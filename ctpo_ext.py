@@ -31,7 +31,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # csrc/ in a checkout; ctpo_csrc/ beside this file in an installed copy (setup.py installs the sources there)
-CHECKOUT = os.path.isdir(os.path.join(ROOT, "csrc"))
+CHECKOUT = os.path.isfile(os.path.join(ROOT, "csrc", "ctpo.cpp"))
 CSRC = os.path.join(ROOT, "csrc" if CHECKOUT else "ctpo_csrc")
 AOT_NAME = "_ctpo_ext"  # the module setup.py builds
 BUILD_HINT = (

@@ -170,11 +170,11 @@ def main(argv=None):
     if ddp:
         __import__("torch.distributed.nn")  # now, not later through DDP: imported once the group exists, it holds the group
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if device_type == "cuda" else "cpu")
-    if device_type == "cuda":
-        torch.cuda.set_device(device)
-    try:
+    try:  # everything after init_process_group, so that any error still destroys the group below
+        rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if device_type == "cuda" else "cpu")
+        if device_type == "cuda":
+            torch.cuda.set_device(device)
         check_config(vars(C), world)
         result = train(C, rank, world, device, ddp, t_start, configurator.split_argv(argv)[0])
         if ddp:

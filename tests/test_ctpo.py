@@ -386,6 +386,16 @@ def test_bad_inputs_name_the_argument(change, exc, name):
         ctpo.policy_loss(*change(_ok()))
 
 
+@pytest.mark.parametrize("backend", ["python", "ext"])
+@pytest.mark.parametrize("kw, name", [({"method": ["ctpo"]}, "method"), ({"ratio": ["token"]}, "ratio"), ({"clip": {}}, "clip")])
+def test_unhashable_names_are_errors_naming_the_argument(kw, name, backend):
+    # a list or dict where a name is expected: the same ValueError as an unknown name, not a bare "unhashable type"
+    with pytest.raises(ValueError, match=name):
+        ctpo.policy_loss(*_ok(), backend=backend, **kw)
+    with pytest.raises(ValueError, match=name):  # a second call: the method-config cache must not change the answer
+        ctpo.policy_loss(*_ok(), backend=backend, **kw)
+
+
 def test_bad_names_are_errors():
     args = _ok()
     with pytest.raises(ValueError, match="method"):
