@@ -187,7 +187,10 @@ def test_smoke_each_method(tmp_path, method):
 
 
 def test_auto_backend_without_the_extension(tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "ctpo_ext", None)  # as if ctpo_ext.py were missing: `import ctpo_ext` fails
+    def cannot_build(*args, **kwargs):
+        raise RuntimeError("ctpo_ext: the C++ extension is unavailable (no compiler)")
+
+    monkeypatch.setattr(ctpo.ctpo_ext, "load", cannot_build)  # as on a machine where the kernel cannot be built
     monkeypatch.setattr(ctpo, "_ext_warned", False)
     with pytest.warns(UserWarning, match="falls back to Python"):
         summary = run(str(tmp_path / "auto"), "--backend=auto", "--rl_steps=1")
