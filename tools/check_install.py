@@ -25,11 +25,13 @@ def readme_example():
 
 
 def main(python):
+    python = os.path.abspath(python) if os.sep in python else python  # the example runs in another directory
     code, expected = readme_example()
     with tempfile.TemporaryDirectory() as d:
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         r = subprocess.run([python, "-c", code], cwd=d, capture_output=True, text=True, env=env, timeout=300)
-    where = subprocess.run([python, "-c", "import ctpo; print(ctpo.__file__)"], capture_output=True, text=True).stdout.strip()
+        where = subprocess.run([python, "-c", "import ctpo; print(ctpo.__file__)"], cwd=d, capture_output=True, text=True, env=env)
+        where = where.stdout.strip()
     ok = r.returncode == 0 and r.stdout == expected and r.stderr == ""
     print(f"check_install: ctpo from {where}: {'ok' if ok else 'FAILED'}")
     if not ok:
