@@ -28,7 +28,7 @@ AGG_MODES = ("token-mean", "token-sum", "seq-mean-token-mean", "seq-mean-token-s
 def batch(seed=0, B=6, T=9, dtype=torch.float64, spread=0.3):
     """A micro-batch in verl's layout: (B, T) tensors, right-padded responses, one empty row, per-token advantages."""
     g = torch.Generator().manual_seed(seed)
-    old = -torch.rand(B, T, generator=g, dtype=dtype) * 3  # log-probs < 0
+    old = -5.0 - torch.rand(B, T, generator=g, dtype=dtype) * 3  # log-probs in [-8, -5]: logp stays < 0 after the bumps below
     logp = (old + spread * torch.randn(B, T, generator=g, dtype=dtype)).requires_grad_(True)
     lengths = torch.tensor([T, T - 2, 1, 0, T - 4, 3])[:B]
     mask = torch.arange(T)[None, :] < lengths[:, None]  # (B, T) bool
@@ -210,8 +210,8 @@ def test_where_vanilla_and_ctpo_grpo_differ_the_log_weight_cap():
     # ctpo.py caps log w at log_w_max = 10 (the paper's guard against exp overflow of a long cumulative sum);
     # verl's vanilla only clamps delta to +-20. They differ only on an A < 0 token with delta > 10 that the dual
     # clip does not catch, i.e. clip_ratio_c > e^10. With log_w_max = 20 they agree there too.
-    old = torch.tensor([[-5.0, -1.0]], dtype=torch.float64)
-    logp = (old + torch.tensor([[15.0, 0.1]], dtype=torch.float64)).requires_grad_(True)
+    old = torch.tensor([[-20.0, -1.0]], dtype=torch.float64)
+    logp = (old + torch.tensor([[15.0, 0.1]], dtype=torch.float64)).requires_grad_(True)  # log-probs -5, -0.9
     adv, mask = torch.tensor([[-1.0, -1.0]], dtype=torch.float64), torch.ones(1, 2, dtype=torch.bool)
     cfg = actor_config(clip_ratio_c=1e8)
     lv, _ = core_algos.get_policy_loss_fn("vanilla")(old, logp, adv, mask, "token-sum", cfg, None)
