@@ -94,9 +94,8 @@ def cpu_jiffies():
 
 
 def op_args(cfg, B, T):
-    """The op's (ratio, lower, upper, dual, power, delta_max, log_w_max, agg = token-mean, counts) for a method's cfg."""
-    ratio, lower, upper, dual, power = ctpo._ext_op_args(cfg)
-    return (ctpo_ext.RATIO_CODES[ratio], lower, upper, dual, power, cfg["delta_max"], cfg["log_w_max"], 0, None, None, None)
+    """The op's `config` list for a method's cfg, agg = token-mean, the batch's own counts (ctpo_ext.op_config)."""
+    return (ctpo_ext.op_config(*ctpo.ext_knobs(cfg), "token-mean"),)
 
 
 def run_blocks(fns, repeats, warmup=3, python_names=("python",)):

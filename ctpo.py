@@ -22,7 +22,6 @@ policy_loss) | what a reader may skip: presets, checks, metrics, the call into t
 """
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -392,13 +391,13 @@ def policy_loss(
     Raises ValueError / TypeError naming a bad input or knob.
     """
     cfg = _method_config_cached(method, knobs)
-    mask, old_logp, adv, ref_logp, rollout_is_weights = check_inputs(
-        logp, old_logp, advantages, mask, agg, backend, num_tokens, num_seqs, loss_scale_factor, ref_logp, beta, rollout_is_weights
-    )
     counts = (num_tokens, num_seqs, loss_scale_factor)
-    use_ext = backend != "python" and _ext_usable(backend, cfg, logp)
-    if use_ext:  # one fused op: the loss, its metrics, and the inputs' value checks in the same pass
-        loss, metrics = _ext_policy_loss(logp, old_logp, adv, mask, cfg, rollout_is_weights, agg, *counts)
+    mask, old_logp, adv, ref_logp, rollout_is_weights = check_inputs(
+        logp, old_logp, advantages, mask, agg, backend, counts, ref_logp, beta, rollout_is_weights
+    )
+    use_ext = backend != "python" and ctpo_ext.usable(backend, logp.device.type, cfg["stop_gradient"])
+    if use_ext:  # one fused op (ctpo_ext.py, csrc/): the loss, its metrics and the inputs' value checks in one pass
+        loss, metrics = ctpo_ext.policy_loss(logp, old_logp, adv, mask, rollout_is_weights, *ext_knobs(cfg), agg, *counts)
     else:
         check_values(logp, old_logp, adv, mask, rollout_is_weights)
         loss_tok, log_w, t, flags = token_losses(logp, old_logp, adv, mask, cfg)
@@ -464,8 +463,7 @@ def method_config(method, **overrides):
         want = "a bool" if name in ("geomean", "stop_gradient") else "a number"
         if (want == "a bool") != isinstance(cfg[name], bool) or not isinstance(cfg[name], (int, float)):
             raise TypeError(f"{name}: expected {want}, got {type(cfg[name]).__name__}")
-    for name in numeric:
-        if not KNOB_RANGES[name][0](cfg[name]):
+        if name in numeric and not KNOB_RANGES[name][0](cfg[name]):
             raise ValueError(f"{name}: expected {KNOB_RANGES[name][1]}, got {cfg[name]!r}")
     return cfg
 
@@ -484,24 +482,30 @@ def _method_config_cached(method, knobs):
     return cfg
 
 
-def check_inputs(
-    logp, old_logp, advantages, mask, agg="token-mean", backend="python", num_tokens=None, num_seqs=None, loss_scale_factor=None,
-    ref_logp=None, beta=0.0, rollout_is_weights=None,
-):  # fmt: skip
+def check_inputs(logp, old_logp, advantages, mask, agg, backend, counts, ref_logp, beta, rollout_is_weights):
     """Validate types, shapes, devices and scalar arguments once, for both backends (values: `check_values` or the
-    kernel's pass). Returns mask (bool), then old_logp, the advantages ((B,) or (B, T)), ref_logp, rollout_is_weights
-    detached: only logp gets a gradient."""
-    tensors = (("logp", logp), ("old_logp", old_logp), ("advantages", advantages), ("mask", mask))
-    for name, x in tensors:
+    kernel's pass). counts: (num_tokens, num_seqs, loss_scale_factor). Returns mask (bool), old_logp, the advantages
+    ((B,) or (B, T)), ref_logp, rollout_is_weights, all detached: only logp gets a gradient."""
+    if not (isinstance(beta, (int, float)) and 0 <= beta < math.inf):
+        raise ValueError(f"beta: expected a finite number >= 0, got {beta!r}")
+    if beta != 0 and ref_logp is None:
+        raise ValueError("ref_logp: required when beta != 0")
+    for name, x, known in (("backend", backend, BACKENDS), ("agg", agg, AGGS)):
+        if x not in known:
+            raise ValueError(f"{name}: unknown {x!r}; expected one of {list(known)}")
+    ref_logp = ref_logp if beta != 0 else None  # without the KL term it is not used
+    tensors = (("logp", logp), ("old_logp", old_logp), ("advantages", advantages), ("mask", mask), ("ref_logp", ref_logp),
+               ("rollout_is_weights", rollout_is_weights))  # fmt: skip
+    for name, x in tensors[:4] + tuple((n, x) for n, x in tensors[4:] if x is not None):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if logp.dim() != 2:
-        raise ValueError(f"logp: expected shape (B, T), got {tuple(logp.shape)}")
-    for name, x in tensors[:3]:
-        if not x.is_floating_point():
+        if name != "mask" and not x.is_floating_point():
             raise TypeError(f"{name}: expected a floating dtype (float16/bfloat16/float32/float64), got {x.dtype}")
-    for name, x in tensors[1::2]:  # old_logp, mask
-        if x.shape != logp.shape:
+        if x.device != logp.device:
+            raise ValueError(f"{name}: expected device {logp.device} like logp, got {x.device}")
+        if name == "logp" and x.dim() != 2:
+            raise ValueError(f"logp: expected shape (B, T), got {tuple(logp.shape)}")
+        if name not in ("logp", "advantages") and x.shape != logp.shape:
             raise ValueError(f"{name}: expected shape {tuple(logp.shape)} like logp, got {tuple(x.shape)}")
     B = logp.shape[0]
     if advantages.shape == (B, 1):  # TRL's advantages.unsqueeze(1), verl's broadcasting: one per row
@@ -512,78 +516,42 @@ def check_inputs(
         if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
             raise ValueError(f"mask: expected bool or 0/1 values, got dtype {mask.dtype} with other values")
         mask = mask != 0
-    for name, x in tensors[1:]:
-        _check_device(name, x, logp)
-    for name, x, known in (("backend", backend, BACKENDS), ("agg", agg, AGGS)):
-        if x not in known:
-            raise ValueError(f"{name}: unknown {x!r}; expected one of {list(known)}")
-    for name, x in (("num_tokens", num_tokens), ("num_seqs", num_seqs), ("loss_scale_factor", loss_scale_factor)):
-        if x is not None and not isinstance(x, torch.Tensor) and not (isinstance(x, (int, float)) and 0 <= x < math.inf):
+    for name, x in zip(("num_tokens", "num_seqs", "loss_scale_factor"), counts):
+        if isinstance(x, torch.Tensor):  # a global count (a sum over ranks): on a GPU or in a graph checked without a host sync
+            if x.numel() != 1 or x.device != logp.device:
+                raise ValueError(f"{name}: expected a number or a one-element tensor on {logp.device}, got {tuple(x.shape)} on {x.device}")
+            ok = (torch.isfinite(x) & (x >= 0)).reshape(())
+            if torch.compiler.is_compiling() or x.device.type != "cpu":
+                torch._assert_async(ok, f"{name}: expected a finite count >= 0")
+            elif not bool(ok):
+                raise ValueError(f"{name}: expected a finite count >= 0, got {x.item()!r}")
+        elif x is not None and not (isinstance(x, (int, float)) and 0 <= x < math.inf):
             raise ValueError(f"{name}: expected a finite count >= 0 (or None), got {x!r}")
-    if not (isinstance(beta, (int, float)) and 0 <= beta < math.inf):
-        raise ValueError(f"beta: expected a finite number >= 0, got {beta!r}")
-    if beta != 0:
-        if ref_logp is None:
-            raise ValueError("ref_logp: required when beta != 0")
-        ref_logp = check_token_tensor("ref_logp", ref_logp, logp)
-        check_token_values("ref_logp", ref_logp, mask)  # not an input of the fused op: checked here on both backends
-    if rollout_is_weights is not None:
-        rollout_is_weights = check_token_tensor("rollout_is_weights", rollout_is_weights, logp)
-    return mask, old_logp.detach(), advantages.detach(), ref_logp, rollout_is_weights
-
-
-def _check_device(name, x, logp):
-    if x.device != logp.device:
-        raise ValueError(f"{name}: expected device {logp.device} like logp, got {x.device}")
-
-
-def check_token_tensor(name, x, logp):
-    """An optional per-token input (ref_logp, rollout_is_weights): a (B, T) float tensor like logp. Returns it detached."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-    if x.shape != logp.shape or not x.is_floating_point():
-        raise ValueError(f"{name}: expected a float tensor of shape {tuple(logp.shape)} like logp, got {tuple(x.shape)} {x.dtype}")
-    _check_device(name, x, logp)
-    return x.detach()
-
-
-def check_token_values(name, x, mask, nonnegative=False):
-    """ValueError unless x is finite (and >= 0 if asked) at every mask=1 position."""
-    ok = torch.isfinite(x) & (x >= 0) if nonnegative else torch.isfinite(x)
-    if not bool((ok | ~mask).all()):
-        raise ValueError(f"{name}: expected finite{' non-negative' if nonnegative else ''} values at every mask=1 position")
-
-
-# A log-prob is <= 0, but log_softmax in float32 can return a rounding residue above 0 (~1e-7; ~1e-6 for a logsumexp
-# of 100), kept by bfloat16 / float16 storage. The margin is below the smallest clip window (clip_low = 0.025 at t = 1):
-# a log-prob off by more would change which tokens clip. Probabilities or logits exceed it in any batch.
-LOGP_MARGIN = 0.01
+    if ref_logp is not None:  # the KL term is not in the fused op: its input's values are checked here on both backends
+        if not bool(torch.isfinite(torch.where(mask, ref_logp.detach(), 0.0)).all()):
+            raise ValueError("ref_logp: expected finite values at every mask=1 position")
+        if logp.numel() > 0:
+            ctpo_ext.check_logp_max("ref_logp", torch.where(mask, ref_logp.detach(), -math.inf).amax().item())
+    detach = (x.detach() if x is not None else None for x in (old_logp, advantages, ref_logp, rollout_is_weights))
+    return mask, *detach
 
 
 def check_values(logp, old_logp, adv, mask, rollout_is_weights=None):
     """The Python backend's value checks (the kernel makes the same in its pass): ValueError naming a negative or
     non-finite rollout weight, then the first of logp, old_logp, advantages with a NaN or inf at a mask=1 position,
-    then the first of logp, old_logp above LOGP_MARGIN there (probabilities or logits?)."""
-    if rollout_is_weights is not None:
-        check_token_values("rollout_is_weights", rollout_is_weights, mask, nonnegative=True)
+    then the first of logp, old_logp above ctpo_ext.LOGP_MARGIN there (probabilities or logits?)."""
+    if rollout_is_weights is not None and not bool((~mask | (torch.isfinite(rollout_is_weights) & (rollout_is_weights >= 0))).all()):
+        raise ValueError("rollout_is_weights: expected finite non-negative values at every mask=1 position")
     adv = adv[:, None].expand_as(logp) if adv.dim() == 1 else adv
     # one pass for the common case (a NaN or inf in any input makes the sum non-finite), then find which
     if not bool(torch.isfinite(torch.where(mask, logp.detach().float() + old_logp.float() + adv.float(), 0.0)).all()):
         for name, x in (("logp", logp), ("old_logp", old_logp), ("advantages", adv)):
             if not bool(torch.isfinite(torch.where(mask, x.detach(), 0.0)).all()):
                 raise ValueError(f"{name}: NaN or inf at a mask=1 position")
-    if logp.numel() > 0 and bool(torch.where(mask, torch.maximum(logp.detach().float(), old_logp.float()), -math.inf).amax() > LOGP_MARGIN):
+    largest = torch.where(mask, torch.maximum(logp.detach().float(), old_logp.float()), -math.inf)
+    if logp.numel() > 0 and bool(largest.amax() > ctpo_ext.LOGP_MARGIN):
         for name, x in (("logp", logp), ("old_logp", old_logp)):
-            check_logp_max(name, torch.where(mask, x.detach().float(), -math.inf).amax().item())
-
-
-def check_logp_max(name, largest):
-    """ValueError if `largest`, the largest value of a log-prob input at a mask=1 position, is above LOGP_MARGIN."""
-    if largest > LOGP_MARGIN:
-        raise ValueError(
-            f"{name}: expected log-probabilities (<= 0, up to a rounding margin of {LOGP_MARGIN}) at mask=1 positions, "
-            f"got a largest value of {largest:.6g}: probabilities or logits?"
-        )
+            ctpo_ext.check_logp_max(name, torch.where(mask, x.detach(), -math.inf).amax().item())
 
 
 def _at_least_one(count, like):
@@ -592,33 +560,10 @@ def _at_least_one(count, like):
     return count.to(like.dtype).clamp(min=1) if isinstance(count, torch.Tensor) else torch.sym_max(count, 1)
 
 
-QUANTILES = (10, 50, 90)  # ratio_q10 / q50 / q90, in percent
-
-
-def log_w_quantiles(log_w, mask):
-    """Nearest-rank 10/50/90 % quantiles (k = max(1, ceil(q n / 100))) of log w over the mask tokens of
-    `ctpo_ext.quantile_sample`, the kernel's (if it holds none: the first 4096 mask tokens in flat order; 0 if there are none). (3,). Exact
-    up to 4096 positions; beyond, the value's rank among all mask tokens is off by about 1/sqrt(4096) = 1.6 % of the
-    count (tests/test_ext_policy_loss.py checks +-3 % on 2^20 tokens)."""
-    B, T = mask.shape
-    if B * T == 0:
-        return log_w.new_zeros(len(QUANTILES))
-    lw, m = log_w.detach().reshape(-1), mask.reshape(-1)
-    pos, valid = ctpo_ext.quantile_sample(B, T, log_w.device)
-    valid, rank = valid & m[pos], m.cumsum(0)  # rank: (B T,) mask tokens up to each position
-    r = torch.arange(1, ctpo_ext.QUANTILE_SAMPLE + 1, device=log_w.device)
-    missed = ~valid.any()  # the sample caught no mask token: take the first ones (rank r is at searchsorted(rank, r))
-    pos = torch.where(missed, torch.searchsorted(rank, r).clamp(max=B * T - 1), pos)
-    valid = torch.where(missed, r <= rank[-1], valid)
-    vals, n = torch.where(valid, lw[pos], math.nan).sort().values, valid.sum()  # NaN (the missing) sorts last
-    kth = ((torch.tensor(QUANTILES, device=log_w.device) * n + 99) // 100).clamp(min=1) - 1
-    return torch.where(n > 0, vals[kth], 0.0)
-
-
 @torch.no_grad()
 def loss_metrics(log_w, mask, flags):
     """Clip counts and fractions (high / low / dual, paper directions), weight statistics, per-position data:
-    n_tokens, n_clip_* (0-dim int64); clip_frac_*, ratio_mean / min / max, ratio_q10 / q50 / q90 (`log_w_quantiles`)
+    n_tokens, n_clip_* (0-dim int64); clip_frac_*, ratio_mean / min / max, ratio_q10 / q50 / q90 (`ctpo_ext.sampled_quantiles`)
     float32, all 1 (on-policy) without tokens; log_w and clipped (bool), (B, T), to plot against t (the paper's
     Figure 1). The fused op computes the same numbers (ratio_mean: its sum is in float64)."""
     high, low, dual = flags
@@ -629,57 +574,21 @@ def loss_metrics(log_w, mask, flags):
         m[name] = f.sum().float() / nf
     inf = torch.full((1,), math.inf, device=lw.device)  # a sentinel: B T may be 0
     lw_min, lw_max = (torch.cat([torch.where(mask, lw, s * math.inf).reshape(-1), s * inf]) for s in (1, -1))
-    extremes = torch.stack([lw_min.amin(), lw_max.amax(), *log_w_quantiles(log_w, mask).float()]).double().exp().float()  # as the kernel
+    extremes = torch.stack([lw_min.amin(), lw_max.amax(), *ctpo_ext.sampled_quantiles(log_w, mask).float()])
+    extremes = extremes.double().exp().float()  # as the kernel
     w = torch.cat([(torch.where(mask, lw.exp(), 0.0).sum() / nf)[None], extremes])
     w = torch.where(n == 0, 1.0, w)  # nothing to describe: the on-policy value 1, never NaN or inf
-    m.update(zip(("ratio_mean", "ratio_min", "ratio_max", *(f"ratio_q{q}" for q in QUANTILES)), w.unbind()))
+    m.update(zip(("ratio_mean", "ratio_min", "ratio_max", *(f"ratio_q{q}" for q in ctpo_ext.QUANTILES)), w.unbind()))
     m["log_w"], m["clipped"] = log_w.detach(), clipped
     return m
 
 
-_ext_warned = False
-
-
-def _ext_usable(backend, cfg, logp):  # whether policy_loss runs the fused op: ext raises, auto warns once, if it cannot
-    global _ext_warned
-    sg_only = "the fused kernel implements the stop-gradient form only; stop_gradient=False is a Python teaching option (backend='python')"
-    why = ctpo_ext.problem(logp.device.type) if cfg["stop_gradient"] else sg_only
-    if why is not None and backend == "ext":
-        raise RuntimeError(f"backend='ext': {why}")
-    if why is not None and not _ext_warned:
-        warnings.warn(f"backend='auto' falls back to Python: {why}", stacklevel=3)
-        _ext_warned = True
-    return why is None
-
-
-def _ext_op_args(cfg):
-    """(ratio, lower, upper, dual, power) of the op for the method in cfg: the window on log w at position t is
-    [lower t^p, upper t^p] with dual cap dual t^p; PPO's ratio window is the constant one (p = 0)."""
+def ext_knobs(cfg):
+    """The fused op's (ratio, lower, upper, dual, power, delta_max, log_w_max) for the method in cfg: the window on log
+    w at position t is [lower t^p, upper t^p], dual cap dual t^p; PPO's ratio window is the constant one (p = 0)."""
     ratio = "cumulative-geomean" if cfg["ratio"] == "cumulative" and cfg["geomean"] else cfg["ratio"]
     if cfg["clip"] == "ratio":
-        return (ratio, *ratio_clip_bounds(cfg["eps_low"], cfg["eps_high"], cfg["dual_c"]), 0.0)
-    return ratio, -cfg["clip_low"], cfg["clip_high"], cfg["clip_c"], cfg["power"]
-
-
-def _ext_policy_loss(logp, old_logp, adv, mask, cfg, rollout_is_weights, agg, *counts):
-    """policy_loss's ext branch: one op computes the loss, the metrics and the inputs' value checks."""
-    given = [1.0 if isinstance(x, torch.Tensor) else x for x in counts]  # a tensor count divides below (no host sync)
-    knobs = (*_ext_op_args(cfg), cfg["delta_max"], cfg["log_w_max"], agg, *given)
-    loss, n, stats, log_w, clipped = ctpo_ext.policy_loss(logp, old_logp, adv, mask, rollout_is_weights, *knobs)
-    if torch.compiler.is_compiling():  # no host sync in a graph: an asynchronous assert
-        torch._assert_async(n[4] == 0, "policy_loss: NaN or inf, a negative rollout weight, or a log-prob above 0 at a mask=1 position")
-    elif bits := n.tolist()[4]:  # the one host sync of the ext path: the kernel's value checks (ctpo_ext.CHECKS), raised as Python's
-        if bits & 8:
-            raise ValueError("rollout_is_weights: expected finite non-negative values at every mask=1 position")
-        for bit, name in ((1, "logp"), (2, "old_logp"), (4, "advantages")):
-            if bits & bit:
-                raise ValueError(f"{name}: NaN or inf at a mask=1 position")
-        for bit, name, col in ((16, "logp", 10), (32, "old_logp", 11)):
-            if bits & bit:
-                check_logp_max(name, stats[col].item())
-    for x, used in zip(counts, (agg == "token-mean", agg.startswith("seq-"), agg == "seq-mean-token-sum-norm")):
-        if isinstance(x, torch.Tensor) and used:
-            loss = loss / x.to(loss.dtype).clamp(min=1)
-    m = dict(zip(ctpo_ext.COUNTS[:4], n.unbind()[:4])) | dict(zip(ctpo_ext.METRICS[:10], stats.unbind()[:10]))
-    m["log_w"], m["clipped"] = log_w, clipped
-    return loss, m
+        window = (*ratio_clip_bounds(cfg["eps_low"], cfg["eps_high"], cfg["dual_c"]), 0.0)
+    else:
+        window = (-cfg["clip_low"], cfg["clip_high"], cfg["clip_c"], cfg["power"])
+    return ratio, *window, cfg["delta_max"], cfg["log_w_max"]

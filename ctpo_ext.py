@@ -2,8 +2,8 @@
 
     import ctpo_ext
     ctpo_ext.load()  # JIT-builds csrc/ once (ninja, ~30 s), or imports the module built by `pip install -e .`
-    loss, counts, metrics, log_w, clipped = ctpo_ext.policy_loss(logp, old_logp, adv, mask, None, "cumulative",
-                                                                 -0.025, 0.05, 0.05, 0.5, 20.0, 10.0, "token-mean")
+    loss, metrics = ctpo_ext.policy_loss(logp, old_logp, adv, mask, None, "cumulative", -0.025, 0.05, 0.05, 0.5, 20.0, 10.0,
+                                         "token-mean")  # CTPO's defaults: metrics as ctpo.policy_loss returns them
 
 `ctpo.policy_loss(..., backend="ext" | "auto")` calls it for every method. The ops (csrc/ctpo.cpp's schema says
 what each output holds): torch.ops.ctpo.policy_loss (forward: the aggregated loss, the metrics, log w, the clipped
@@ -21,6 +21,7 @@ kernels anyway.
 
 import importlib
 import importlib.util
+import math
 import os
 import shutil
 import sys
@@ -223,28 +224,32 @@ def available():
 
 RATIO_CODES = {"token": 0, "sequence": 1, "gspo": 2, "cumulative": 3, "cumulative-geomean": 4}
 AGG_CODES = {"token-mean": 0, "token-sum": 1, "seq-mean-token-mean": 2, "seq-mean-token-sum": 3, "seq-mean-token-sum-norm": 4}
+# the op's `config` (ctpo_layout.h Config): its scalars in one float list, because torch.library's autograd wrapper
+# re-reads the schema once per argument on every call (O(n^2) in the op's arity: ~70 us for 16 separate arguments)
+CONFIG = ("ratio", "lower", "upper", "dual", "power", "delta_max", "log_w_max", "agg", "num_tokens", "num_seqs", "loss_scale_factor")
 COUNTS = ("n_tokens", "n_clip_high", "n_clip_low", "n_clip_dual", "check")  # the op's `counts` (5,) int64
 METRICS = (  # the op's `metrics` (12,) float32: ctpo.loss_metrics' scalars, then the largest log-probs
-    "clip_frac_high",
-    "clip_frac_low",
-    "clip_frac_dual",
-    "clip_frac",
-    "ratio_mean",
-    "ratio_min",
-    "ratio_max",
-    "ratio_q10",
-    "ratio_q50",
-    "ratio_q90",
-    "max_logp",
-    "max_old_logp",
+    "clip_frac_high", "clip_frac_low", "clip_frac_dual", "clip_frac", "ratio_mean", "ratio_min", "ratio_max", "ratio_q10", "ratio_q50",
+    "ratio_q90", "max_logp", "max_old_logp",
+)  # fmt: skip
+METRIC_KEYS = COUNTS[:4] + METRICS[:10]  # what ctpo.policy_loss returns, in the order of the op's outputs
+CHECKS = (  # the `check` bits of bad values, in the order ctpo.check_values raises them
+    (8, "rollout_is_weights: expected finite non-negative values at every mask=1 position"),
+    (1, "logp: NaN or inf at a mask=1 position"),
+    (2, "old_logp: NaN or inf at a mask=1 position"),
+    (4, "advantages: NaN or inf at a mask=1 position"),
 )
-CHECKS = ((1, "logp"), (2, "old_logp"), (4, "advantages"), (8, "rollout_is_weights"), (16, "max_logp"), (32, "max_old_logp"))
+LOGP_ABOVE = ((16, "logp", 10), (32, "old_logp", 11))  # check bit, input, its largest value's metrics column
+# A log-prob is <= 0, but log_softmax in float32 can return a rounding residue above 0 (~1e-7; ~1e-6 for a logsumexp
+# of 100), kept by bfloat16 / float16 storage. The margin is below the smallest clip window (clip_low = 0.025 at t = 1):
+# a log-prob off by more would change which tokens clip. Probabilities or logits exceed it in any batch.
+LOGP_MARGIN = 0.01  # ctpo_layout.h kLogpMargin
 QUANTILE_SAMPLE = 4096  # the ratio quantiles look at this many positions at most (all of them below)
 WEYL = 0x9E3779B9  # 2^32 / golden ratio: the sample's columns, a Weyl sequence in 32-bit fixed point
 
 
 def quantile_sample(B, T, device=None):
-    """The ratio quantiles' sample of a (B, T) batch, on both backends (ctpo.log_w_quantiles; ctpo_layout.h is the same
+    """The ratio quantiles' sample of a (B, T) batch, on both backends (sampled_quantiles; ctpo_layout.h is the same
     rule): flat positions (K,) long and which exist (K,) bool, K = QUANTILE_SAMPLE. With B T <= K every position; else
     position k at row floor(k B / K), column floor(frac(k phi) T) (a Weyl sequence: every row's samples spread over all
     its positions, whatever T divides). Tensor arithmetic only, so it traces with symbolic B, T."""
@@ -253,6 +258,30 @@ def quantile_sample(B, T, device=None):
         return k.clamp(max=max(B * T - 1, 0)), k < B * T
     col = ((k * WEYL) & 0xFFFFFFFF) * T >> 32
     return (k * B) // QUANTILE_SAMPLE * T + col, torch.ones_like(k, dtype=torch.bool)
+
+
+QUANTILES = (10, 50, 90)  # ratio_q10 / q50 / q90, in percent
+
+
+def sampled_quantiles(log_w, mask):
+    """The Python backend's ratio_q10 / q50 / q90 (ctpo.loss_metrics), on the kernel's sample: nearest-rank 10/50/90 %
+    quantiles (k = max(1, ceil(q n / 100))) of log w over the mask tokens of `quantile_sample` (if it holds none: the
+    first 4096 mask tokens in flat order; 0 if there are none). log_w, mask: (B, T). Returns (3,). Exact
+    up to 4096 positions; beyond, the value's rank among all mask tokens is off by about 1/sqrt(4096) = 1.6 % of the
+    count (tests/test_ext_policy_loss.py checks +-3 % on 2^20 tokens)."""
+    B, T = mask.shape
+    if B * T == 0:
+        return log_w.new_zeros(len(QUANTILES))
+    lw, m = log_w.detach().reshape(-1), mask.reshape(-1)
+    pos, valid = quantile_sample(B, T, log_w.device)
+    valid, rank = valid & m[pos], m.cumsum(0)  # rank: (B T,) mask tokens up to each position
+    r = torch.arange(1, QUANTILE_SAMPLE + 1, device=log_w.device)
+    missed = ~valid.any()  # the sample caught no mask token: take the first ones (rank r is at searchsorted(rank, r))
+    pos = torch.where(missed, torch.searchsorted(rank, r).clamp(max=B * T - 1), pos)
+    valid = torch.where(missed, r <= rank[-1], valid)
+    vals, n = torch.where(valid, lw[pos], math.nan).sort().values, valid.sum()  # NaN (the missing) sorts last
+    kth = ((torch.tensor(QUANTILES, device=log_w.device) * n + 99) // 100).clamp(min=1) - 1
+    return torch.where(n > 0, vals[kth], 0.0)
 
 
 def _compute_dtype(dtype):
@@ -265,7 +294,7 @@ def _register_python_parts():
         return
 
     @torch.library.register_fake("ctpo::policy_loss")
-    def _policy_loss_fake(logp, old_logp, adv, mask, rw, ratio, lower, upper, dual, power, delta_max, log_w_max, agg, *counts):
+    def _policy_loss_fake(logp, old_logp, adv, mask, rw, config):
         torch._check(logp.dim() == 2, lambda: "logp: expected shape (B, T)")
         B, T = logp.shape
         dt = _compute_dtype(logp.dtype)
@@ -296,27 +325,77 @@ def _register_python_parts():
         if grad_loss is not None and ctx.needs_input_grad[0]:
             grad, row_scale = ctx.saved_tensors
             g_logp = torch.ops.ctpo.policy_loss_backward(grad_loss, grad, row_scale, ctx.logp_dtype)
-        return (g_logp,) + (None,) * 15
+        return (g_logp,) + (None,) * 5
 
     torch.library.register_autograd("ctpo::policy_loss", backward, setup_context=setup_context)
     _registered = True
 
 
+def op_config(ratio, lower, upper, dual, power, delta_max, log_w_max, agg, num_tokens=None, num_seqs=None, loss_scale_factor=None):
+    """The op's `config` list (CONFIG order): ratio and agg by name (RATIO_CODES, AGG_CODES) or code; a count that is
+    None (the batch's own) is NaN."""
+    codes = (RATIO_CODES.get(ratio, ratio), AGG_CODES.get(agg, agg))
+    counts = (math.nan if x is None else x for x in (num_tokens, num_seqs, loss_scale_factor))
+    return [codes[0], lower, upper, dual, power, delta_max, log_w_max, codes[1], *counts]
+
+
+def check_logp_max(name, largest):
+    """ValueError if `largest`, the largest value of a log-prob input at a mask=1 position, is above LOGP_MARGIN."""
+    if largest > LOGP_MARGIN:
+        raise ValueError(
+            f"{name}: expected log-probabilities (<= 0, up to a rounding margin of {LOGP_MARGIN}) at mask=1 positions, "
+            f"got a largest value of {largest:.6g}: probabilities or logits?"
+        )
+
+
+_warned = False
+SG_ONLY = "the fused kernel implements the stop-gradient form only; stop_gradient=False is a Python teaching option (backend='python')"
+
+
+def usable(backend, device_type, stop_gradient=True):
+    """Whether ctpo.policy_loss runs the fused op for `backend` ("ext" | "auto") on this device: "ext" raises
+    RuntimeError saying why it cannot, "auto" warns once and falls back to Python."""
+    global _warned
+    why = problem(device_type) if stop_gradient else SG_ONLY
+    if why is not None and backend == "ext":
+        raise RuntimeError(f"backend='ext': {why}")
+    if why is not None and not _warned:
+        warnings.warn(f"backend='auto' falls back to Python: {why}", stacklevel=3)
+        _warned = True
+    return why is None
+
+
 def policy_loss(logp, old_logp, adv, mask, rollout_is_weights, ratio, lower, upper, dual, power, delta_max, log_w_max, agg,
                 num_tokens=None, num_seqs=None, loss_scale_factor=None):  # fmt: skip
     """The fused policy loss, torch.ops.ctpo.policy_loss: what ctpo.policy_loss(backend="ext") calls, with inputs it
-    has checked (types, shapes, devices, knobs; the kernel checks the values in its pass).
+    has checked (types, shapes, devices, knobs); the kernel checks the values in its pass, and this raises what it found.
 
     logp, old_logp: (B, T) float16/bfloat16/float32/float64; adv: (B,) or (B, T); mask: (B, T) bool;
     rollout_is_weights: (B, T) float or None. ratio: a RATIO_CODES name. The window on log w at response position t
     is [lower t^power, upper t^power] with dual cap dual t^power (PPO: power = 0, lower = log(1 - eps_low), upper =
-    log1p(eps_high), dual = log(dual_c)). agg: an AGG_CODES name; num_tokens, num_seqs, loss_scale_factor: Python
-    numbers or None (the batch's own). Returns (loss, counts, metrics, log_w, clipped): the scalar loss (float32,
-    float64 for float64 logp; differentiable w.r.t. logp in the stop-gradient form), counts (5,) int64 (COUNTS),
-    metrics (12,) float32 (METRICS), log_w (B, T), clipped (B, T) bool.
+    log1p(eps_high), dual = log(dual_c)). agg: an AGG_CODES name; num_tokens, num_seqs, loss_scale_factor: numbers,
+    0-dim tensors (divided after the op, no host sync) or None (the batch's own). Returns (loss, metrics): the scalar
+    loss (float32, float64 for float64 logp; differentiable w.r.t. logp in the stop-gradient form) and
+    ctpo.policy_loss's metrics (METRIC_KEYS, 0-dim tensors; log_w (B, T); clipped (B, T) bool). ValueError naming
+    an input with NaN or inf, a negative rollout weight or a log-prob above LOGP_MARGIN at a mask=1 position.
     """
-    out = torch.ops.ctpo.policy_loss(
-        logp, old_logp, adv, mask, rollout_is_weights, RATIO_CODES[ratio], float(lower), float(upper), float(dual), float(power),
-        float(delta_max), float(log_w_max), AGG_CODES[agg], num_tokens, num_seqs, loss_scale_factor,
-    )  # fmt: skip
-    return out[:5]
+    counts = (num_tokens, num_seqs, loss_scale_factor)
+    tensor_counts = any(isinstance(x, torch.Tensor) for x in counts)  # a tensor count divides after the op (no host sync)
+    config = op_config(ratio, lower, upper, dual, power, delta_max, log_w_max, agg,
+                       *((1.0 if isinstance(x, torch.Tensor) else x) for x in counts) if tensor_counts else counts)  # fmt: skip
+    loss, n, stats, log_w, clipped, _, _ = torch.ops.ctpo.policy_loss(logp, old_logp, adv, mask, rollout_is_weights, config)
+    if torch.compiler.is_compiling():  # no host sync in a graph: an asynchronous assert
+        torch._assert_async(n[4] == 0, "policy_loss: NaN or inf, a negative rollout weight, or a log-prob above 0 at a mask=1 position")
+    elif bits := n.tolist()[4]:  # the one host sync: the values the kernel found bad, raised as ctpo.check_values does
+        for bit, message in CHECKS:
+            if bits & bit:
+                raise ValueError(message)
+        for bit, name, col in LOGP_ABOVE:
+            if bits & bit:
+                check_logp_max(name, stats[col].item())
+    for x, used in zip(counts, (agg == "token-mean", agg.startswith("seq-"), agg == "seq-mean-token-sum-norm")) if tensor_counts else ():
+        if isinstance(x, torch.Tensor) and used:
+            loss = loss / x.to(loss.dtype).clamp(min=1)
+    metrics = dict(zip(METRIC_KEYS, (*n.unbind()[:4], *stats.unbind()[:10])))
+    metrics["log_w"], metrics["clipped"] = log_w, clipped
+    return loss, metrics

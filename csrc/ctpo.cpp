@@ -267,13 +267,12 @@ static void forward_impl(const Prepared& in, const at::Tensor& rw_t, const Knobs
 // ctpo::policy_loss on CPU tensors (the schema below says what each argument and output is)
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> policy_loss_cpu(
     const at::Tensor& logp, const at::Tensor& old_logp, const at::Tensor& adv, const at::Tensor& mask,
-    const std::optional<at::Tensor>& rollout_is_weights, int64_t ratio, double lower, double upper, double dual, double power,
-    double delta_max, double log_w_max, int64_t agg, std::optional<double> num_tokens, std::optional<double> num_seqs,
-    std::optional<double> loss_scale_factor) {
-  check_inputs(logp, old_logp, adv, mask, rollout_is_weights, ratio, power, delta_max, log_w_max, agg);
+    const std::optional<at::Tensor>& rollout_is_weights, c10::ArrayRef<double> config) {
+  const OpConfig c = unpack_config(config);
+  check_inputs(logp, old_logp, adv, mask, rollout_is_weights, c.ratio, c.power, c.delta_max, c.log_w_max, c.agg);
   TORCH_CHECK_VALUE(logp.device().is_cpu(), "ctpo::policy_loss (CPU kernel): logp: expected a CPU tensor, got ", logp.device());
-  const Knobs k{static_cast<int>(ratio), lower, upper, dual, power, delta_max, log_w_max};
-  const AggArgs a = agg_args(agg, num_tokens, num_seqs, loss_scale_factor, logp.size(1));
+  const Knobs k{static_cast<int>(c.ratio), c.lower, c.upper, c.dual, c.power, c.delta_max, c.log_w_max};
+  const AggArgs a = agg_args(c, logp.size(1));
   const Prepared in = prepare_inputs(logp, old_logp, adv, mask);
   const at::Tensor rw = prepare_weights(rollout_is_weights, in.compute);
   const at::ScalarType Lt = logp.scalar_type();
@@ -371,16 +370,16 @@ at::Tensor policy_loss_backward_cpu(const at::Tensor& grad_loss, const at::Tenso
 
 TORCH_LIBRARY(ctpo, m) {
   m.set_python_module("ctpo_ext");
-  // loss: the scalar loss (float32, float64 for float64 logp), aggregated by `agg` (ctpo.AGGS order); counts (5,)
-  // int64: mask tokens, clipped high / low / dual, and the value-check bits (ctpo_layout.h Check); metrics (12,)
-  // float32 (ctpo_layout.h Metric); log_w, clipped (B, T); grad (B, T) and row_scale (B,): what the backward
-  // needs, d loss / d logp[i, t] = row_scale[i] * grad[i, t]. num_tokens / num_seqs / loss_scale_factor: None
-  // for the batch's own (mask tokens, rows with tokens, T).
+  // config: the scalars, in this order (ctpo_layout.h Config; one list: see OpConfig in ctpo_common.h): ratio code
+  // (ctpo_layout.h Ratio), the window on log w at response position t, [lower t^power, upper t^power] with dual cap
+  // dual t^power, delta_max, log_w_max, agg code (ctpo.AGGS order), num_tokens, num_seqs, loss_scale_factor (NaN:
+  // the batch's own: mask tokens, rows with tokens, T).
+  // loss: the scalar loss (float32, float64 for float64 logp); counts (5,) int64: mask tokens, clipped high / low /
+  // dual, and the value-check bits (ctpo_layout.h Check); metrics (12,) float32 (ctpo_layout.h Metric); log_w,
+  // clipped (B, T); grad (B, T) and row_scale (B,): what the backward needs, d loss / d logp[i, t] = row_scale[i] * grad[i, t].
   m.def(
-      "policy_loss(Tensor logp, Tensor old_logp, Tensor adv, Tensor mask, Tensor? rollout_is_weights, int ratio, float lower, "
-      "float upper, float dual, float power, float delta_max, float log_w_max, int agg, float? num_tokens, float? num_seqs, "
-      "float? loss_scale_factor) -> (Tensor loss, Tensor counts, Tensor metrics, Tensor log_w, Tensor clipped, Tensor grad, "
-      "Tensor row_scale)");
+      "policy_loss(Tensor logp, Tensor old_logp, Tensor adv, Tensor mask, Tensor? rollout_is_weights, float[] config) -> (Tensor loss, "
+      "Tensor counts, Tensor metrics, Tensor log_w, Tensor clipped, Tensor grad, Tensor row_scale)");
   m.def("policy_loss_backward(Tensor grad_loss, Tensor grad, Tensor row_scale, ScalarType grad_dtype) -> Tensor");
 }
 

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/util/ArrayRef.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -58,15 +59,38 @@ inline void check_inputs(const at::Tensor& logp, const at::Tensor& old_logp, con
                     "4 seq-mean-token-sum-norm; got ", agg);
 }
 
+// The op's scalar arguments, unpacked from its `config` list. The schema takes them as one float[] because
+// torch.library's Python autograd wrapper re-reads the whole schema once per argument on every call: O(n^2) in the
+// arity, about 70 us for 16 separate arguments, more than the kernel at 16x1024.
+struct OpConfig {
+  int64_t ratio, agg;
+  double lower, upper, dual, power, delta_max, log_w_max;
+  std::optional<double> num_tokens, num_seqs, loss_scale_factor;
+};
+
+inline OpConfig unpack_config(c10::ArrayRef<double> c) {
+  using namespace ctpo_layout;
+  TORCH_CHECK_VALUE(c.size() == kNumConfig, "ctpo::policy_loss: config: expected ", int(kNumConfig),
+                    " numbers (ratio, lower, upper, dual, power, delta_max, log_w_max, agg, num_tokens, num_seqs, loss_scale_factor), got ",
+                    c.size());
+  const auto code = [&](int i, const char* name) {
+    TORCH_CHECK_VALUE(c[i] == std::floor(c[i]) && std::abs(c[i]) < 1e9, "ctpo::policy_loss: ", name, ": expected a whole code, got ", c[i]);
+    return static_cast<int64_t>(c[i]);
+  };
+  const auto count = [&](int i) { return std::isnan(c[i]) ? std::nullopt : std::optional<double>(c[i]); };
+  return {code(kCfgRatio, "ratio"), code(kCfgAgg, "agg"), c[kCfgLower], c[kCfgUpper], c[kCfgDual], c[kCfgPower], c[kCfgDeltaMax], c[kCfgLogWMax],
+          count(kCfgNumTokens), count(kCfgNumSeqs), count(kCfgLossScaleFactor)};
+}
+
 // the aggregation's arguments; a count that is not given is the batch's own (-1)
-inline ctpo_layout::AggArgs agg_args(int64_t agg, std::optional<double> num_tokens, std::optional<double> num_seqs,
-                                     std::optional<double> loss_scale_factor, int64_t T) {
-  for (const auto& [name, v] : {std::pair<const char*, std::optional<double>>{"num_tokens", num_tokens}, {"num_seqs", num_seqs},
-                                {"loss_scale_factor", loss_scale_factor}}) {
+inline ctpo_layout::AggArgs agg_args(const OpConfig& c, int64_t T) {
+  for (const auto& [name, v] : {std::pair<const char*, std::optional<double>>{"num_tokens", c.num_tokens}, {"num_seqs", c.num_seqs},
+                                {"loss_scale_factor", c.loss_scale_factor}}) {
     TORCH_CHECK_VALUE(!v.has_value() || (*v >= 0 && std::isfinite(*v)), "ctpo::policy_loss: ", name, ": expected a finite count >= 0, got ",
                       *v);
   }
-  return {static_cast<int>(agg), num_tokens.value_or(-1.0), num_seqs.value_or(-1.0), loss_scale_factor.value_or(-1.0), T};}
+  return {static_cast<int>(c.agg), c.num_tokens.value_or(-1.0), c.num_seqs.value_or(-1.0), c.loss_scale_factor.value_or(-1.0), T};
+}
 
 // A row-major view whose last dimension is unit-stride (any row stride): no copy for row slices.
 inline at::Tensor rows_unit_stride(const at::Tensor& x) {

@@ -28,23 +28,19 @@ static ctpo_cuda::DType dtype_tag(at::ScalarType t) {
 // the CPU op (ctpo.cpp), for an empty batch: nothing for the kernels to do, outputs of the same shapes
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> policy_loss_cpu(
     const at::Tensor& logp, const at::Tensor& old_logp, const at::Tensor& adv, const at::Tensor& mask,
-    const std::optional<at::Tensor>& rollout_is_weights, int64_t ratio, double lower, double upper, double dual, double power,
-    double delta_max, double log_w_max, int64_t agg, std::optional<double> num_tokens, std::optional<double> num_seqs,
-    std::optional<double> loss_scale_factor);
+    const std::optional<at::Tensor>& rollout_is_weights, c10::ArrayRef<double> config);
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> policy_loss_cuda(
     const at::Tensor& logp, const at::Tensor& old_logp, const at::Tensor& adv, const at::Tensor& mask,
-    const std::optional<at::Tensor>& rollout_is_weights, int64_t ratio, double lower, double upper, double dual, double power,
-    double delta_max, double log_w_max, int64_t agg, std::optional<double> num_tokens, std::optional<double> num_seqs,
-    std::optional<double> loss_scale_factor) {
-  check_inputs(logp, old_logp, adv, mask, rollout_is_weights, ratio, power, delta_max, log_w_max, agg);
+    const std::optional<at::Tensor>& rollout_is_weights, c10::ArrayRef<double> config) {
+  const OpConfig c = unpack_config(config);
+  check_inputs(logp, old_logp, adv, mask, rollout_is_weights, c.ratio, c.power, c.delta_max, c.log_w_max, c.agg);
   TORCH_CHECK_VALUE(logp.is_cuda(), "ctpo::policy_loss (CUDA kernel): logp: expected a CUDA tensor, got ", logp.device());
   const c10::cuda::CUDAGuard guard(logp.device());
   const int64_t B = logp.size(0), T = logp.size(1);
   if (B == 0 || T == 0) {  // rows without tokens: the CPU op's outputs, moved (rare; a copy, no kernel)
     const auto cpu = [](const std::optional<at::Tensor>& x) { return x.has_value() ? std::optional<at::Tensor>(x->cpu()) : x; };
-    auto out = policy_loss_cpu(logp.cpu(), old_logp.cpu(), adv.cpu(), mask.cpu(), cpu(rollout_is_weights), ratio, lower, upper, dual, power,
-                               delta_max, log_w_max, agg, num_tokens, num_seqs, loss_scale_factor);
+    auto out = policy_loss_cpu(logp.cpu(), old_logp.cpu(), adv.cpu(), mask.cpu(), cpu(rollout_is_weights), config);
     const auto d = logp.device();
     return {std::get<0>(out).to(d), std::get<1>(out).to(d), std::get<2>(out).to(d), std::get<3>(out).to(d), std::get<4>(out).to(d),
             std::get<5>(out).to(d), std::get<6>(out).to(d)};
@@ -80,14 +76,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   p.adv_rs = in.adv.stride(0);
   p.mask_rs = in.mask.stride(0);
   p.rw_rs = rw.defined() ? rw.stride(0) : 0;
-  p.ratio = static_cast<int>(ratio);
-  p.lower = lower;
-  p.upper = upper;
-  p.dual = dual;
-  p.power = power;
-  p.delta_max = delta_max;
-  p.log_w_max = log_w_max;
-  p.agg = agg_args(agg, num_tokens, num_seqs, loss_scale_factor, T);
+  p.ratio = static_cast<int>(c.ratio);
+  p.lower = c.lower;
+  p.upper = c.upper;
+  p.dual = c.dual;
+  p.power = c.power;
+  p.delta_max = c.delta_max;
+  p.log_w_max = c.log_w_max;
+  p.agg = agg_args(c, T);
   p.log_w = lw.mutable_data_ptr();
   p.grad = grad.mutable_data_ptr();
   p.clipped = clipped.mutable_data_ptr<bool>();

@@ -68,6 +68,13 @@ CTPO_HD inline long long sample_column(long long k, long long i, long long B, lo
 // `agg` argument of ctpo::policy_loss: ctpo.AGGS, in order (verl's loss_agg_mode names)
 enum Agg : int { kTokenMean = 0, kTokenSum = 1, kSeqMeanTokenMean = 2, kSeqMeanTokenSum = 3, kSeqMeanTokenSumNorm = 4 };
 
+// the op's `config` argument (kNumConfig,) float: its scalars in one list (ctpo_ext.CONFIG); a count that is NaN
+// is not given (the batch's own)
+enum Config : int {
+  kCfgRatio = 0, kCfgLower, kCfgUpper, kCfgDual, kCfgPower, kCfgDeltaMax, kCfgLogWMax, kCfgAgg, kCfgNumTokens, kCfgNumSeqs,
+  kCfgLossScaleFactor, kNumConfig
+};
+
 // the op's `counts` output (kNumCounts,) int64 and `metrics` output (kNumMetrics,) float32 (ctpo_ext.COUNTS / METRICS)
 enum Count : int { kCountTokens = 0, kCountHigh, kCountLow, kCountDual, kCountCheck, kNumCounts };
 enum Metric : int {

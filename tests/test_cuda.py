@@ -85,7 +85,7 @@ def test_op_cuda_equals_cpu(cuda_ext, dtype, ratio):
             for lower, upper, dual, power in windows:
                 agg = (k + len(ratio)) % 5  # every aggregation across the shapes
                 counts = (None, None, None) if k % 2 else (float(B * T), float(B), float(T + 3))
-                args = (ctpo_ext.RATIO_CODES[ratio], lower, upper, dual, power, 20.0, 10.0, agg, *counts)
+                args = (ctpo_ext.op_config(ratio, lower, upper, dual, power, 20.0, 10.0, agg, *counts),)
                 out_c = torch.ops.ctpo.policy_loss(logp, old, adv2, mask, w, *args)
                 cu = [x.cuda() if x is not None else None for x in (logp, old, adv2, mask, w)]
                 if adv_shape == "row":
@@ -99,7 +99,7 @@ def test_op_cuda_equals_cpu(cuda_ext, dtype, ratio):
 def test_op_backward_cuda_equals_cpu(cuda_ext, dtype):
     """The backward op for every output dtype and a seed gradient other than 1, with the CPU op's inputs."""
     logp, old, adv2, mask, w = op_inputs(5, 333, dtype, seed=9, adv_shape="token", weights=True)
-    args = (3, -0.025, 0.05, 0.05, 0.5, 20.0, 10.0, 2, None, None, None)
+    args = (ctpo_ext.op_config(3, -0.025, 0.05, 0.05, 0.5, 20.0, 10.0, 2),)
     out_c = torch.ops.ctpo.policy_loss(logp, old, adv2, mask, w, *args)
     out_g = torch.ops.ctpo.policy_loss(*(x.cuda() for x in (logp, old, adv2, mask, w)), *args)
     compute = torch.float64 if dtype == torch.float64 else torch.float32
@@ -227,7 +227,7 @@ def test_quantile_fallback_of_a_sparse_mask_on_cuda(cuda_ext):
     logp, old, mask, g = sparse_mask_inputs(B, T)
     adv = torch.randn(B, generator=g)
     for ratio in range(5):
-        args = (None, ratio, -0.025, 0.05, 0.05, 0.5, 20.0, 10.0, 0, None, None, None)
+        args = (None, ctpo_ext.op_config(ratio, -0.025, 0.05, 0.05, 0.5, 20.0, 10.0, 0))
         out_c = torch.ops.ctpo.policy_loss(logp, old, adv, mask, *args)
         out_g = torch.ops.ctpo.policy_loss(logp.cuda(), old.cuda(), adv.cuda(), mask.cuda(), *args)
         assert_ops_agree(out_c, out_g, mask, torch.float32)
@@ -237,10 +237,11 @@ def test_quantile_fallback_of_a_sparse_mask_on_cuda(cuda_ext):
 def test_many_rows_exact_quantile_sample(cuda_ext):
     """B * T <= 4096: the quantiles are exact nearest-rank ones of every mask token's log w."""
     logp, old, adv, mask, _ = make(16, 256, seed=50, scale=0.3)
-    out = torch.ops.ctpo.policy_loss(logp.cuda(), old.cuda(), adv.cuda(), mask.cuda(), None,
-                                     3, -0.025, 0.05, 0.05, 0.5, 20.0, 10.0, 0, None, None, None)  # fmt: skip
+    out = torch.ops.ctpo.policy_loss(
+        logp.cuda(), old.cuda(), adv.cuda(), mask.cuda(), None, ctpo_ext.op_config(3, -0.025, 0.05, 0.05, 0.5, 20.0, 10.0, 0)
+    )
     lw = out[3].cpu()[mask].sort().values
-    for k, q in enumerate(ctpo.QUANTILES):
+    for k, q in enumerate(ctpo_ext.QUANTILES):
         want = math.exp(float(lw[max(1, math.ceil(q / 100 * lw.numel())) - 1].float()))
         assert out[2][7 + k].item() == pytest.approx(want, rel=1e-6)
 
@@ -283,10 +284,18 @@ def test_opcheck_cuda(cuda_ext):
             (logp, old, torch.randn(3, 40, dtype=torch.float64, device="cuda"), w),
             (logp.bfloat16(), old.float(), adv.float()[:, None].expand(3, 40), w.float()),
         ):
-            args = (lp.clone().requires_grad_(), ol, a, mask, rw, ratio, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, ratio, None, 2.0, None)
+            args = (
+                lp.clone().requires_grad_(),
+                ol,
+                a,
+                mask,
+                rw,
+                ctpo_ext.op_config(ratio, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, ratio, None, 2.0),
+            )
             torch.library.opcheck(torch.ops.ctpo.policy_loss.default, args)
-    out = torch.ops.ctpo.policy_loss(logp.float(), old.float(), adv.float(), mask, None, 3, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, 0, None,
-                                     None, None)  # fmt: skip
+    out = torch.ops.ctpo.policy_loss(
+        logp.float(), old.float(), adv.float(), mask, None, ctpo_ext.op_config(3, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, 0)
+    )
     for dt in (torch.float32, torch.bfloat16, torch.float64):
         torch.library.opcheck(torch.ops.ctpo.policy_loss_backward.default, (torch.tensor(0.5, device="cuda"), out[5], out[6], dt))
 
@@ -319,7 +328,7 @@ def test_non_contiguous_and_non_default_stream(cuda_ext):
     sliced = [x[:, :500] for x in big]  # row stride 1000
     assert not sliced[0].is_contiguous()
     adv_t = adv.t().contiguous().cuda().t()  # column-major: stride (1, 6)
-    args = (3, -0.025, 0.05, 0.05, 0.5, 20.0, 10.0, 0, None, None, None)
+    args = (ctpo_ext.op_config(3, -0.025, 0.05, 0.05, 0.5, 20.0, 10.0, 0),)
     ref = torch.ops.ctpo.policy_loss(*(x.cuda() for x in (logp, old, adv, mask, w)), *args)
     got = torch.ops.ctpo.policy_loss(sliced[0], sliced[1], adv_t, sliced[3], sliced[4], *args)
     s = torch.cuda.Stream()

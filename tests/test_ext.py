@@ -234,9 +234,16 @@ def test_opcheck(ext):
                 (logp.double(), old.double(), torch.randn(3, 40, dtype=torch.float64), rw.double()),
                 (logp.bfloat16(), old.float(), adv[:, None].expand_as(logp), rw),
             ):
-                args = (lp.clone().requires_grad_(), ol, a, mask, w, ratio, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, agg, *counts)
+                args = (
+                    lp.clone().requires_grad_(),
+                    ol,
+                    a,
+                    mask,
+                    w,
+                    ctpo_ext.op_config(ratio, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, agg, *counts),
+                )
                 torch.library.opcheck(torch.ops.ctpo.policy_loss.default, args)
-    out = torch.ops.ctpo.policy_loss(logp, old, adv, mask, None, 3, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, 0, None, None, None)
+    out = torch.ops.ctpo.policy_loss(logp, old, adv, mask, None, ctpo_ext.op_config(3, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, 0))
     for dt in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
         torch.library.opcheck(torch.ops.ctpo.policy_loss_backward.default, (torch.tensor(0.5), out[5], out[6], dt))
 
@@ -291,7 +298,7 @@ def test_failed_build_falls_back_with_one_warning(monkeypatch):
     monkeypatch.setattr(ctpo_ext, "_error", None)
     monkeypatch.setattr(ctpo_ext, "_jit_build", broken)
     monkeypatch.setattr(ctpo_ext, "AOT_NAME", "_ctpo_ext_not_installed")
-    monkeypatch.setattr(ctpo, "_ext_warned", False)
+    monkeypatch.setattr(ctpo_ext, "_warned", False)
     with pytest.raises(RuntimeError, match="pip install --no-build-isolation -e"):
         ctpo_ext.load()
     logp, old, adv, mask = make(2, 10, seed=15)
@@ -328,7 +335,7 @@ def test_cpp_errors_reach_python_cpu_and_cuda(ext):
         "    x = torch.zeros(2, 3, device=dev)\n"
         "    m = torch.ones(2, 3, dtype=torch.bool, device=dev)\n"
         "    try:\n"
-        "        torch.ops.ctpo.policy_loss(x, x, x, m, None, 9, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, 0, None, None, None)\n"
+        "        torch.ops.ctpo.policy_loss(x, x, x, m, None, ctpo_ext.op_config(9, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, 0))\n"
         "    except ValueError as e:\n"
         "        assert 'ratio' in str(e), e\n"
         "        print('raised on', dev)\n"
@@ -343,24 +350,28 @@ def test_errors_name_the_argument(ext):
     the op itself keeps its own contract: ValueError / TypeError from C++, naming the argument."""
     logp, old, adv, mask = make(2, 8, seed=16)
     op = torch.ops.ctpo.policy_loss
-    rest = (3, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, 0, None, None, None)
+    rest, cfg = (3, -0.1, 0.1, 0.2, 0.5, 20.0, 10.0, 0, None, None, None), ctpo_ext.op_config
     with pytest.raises(ValueError, match="mask"):
-        op(logp, old, adv, mask[:, :4], None, *rest)
+        op(logp, old, adv, mask[:, :4], None, cfg(*rest))
     with pytest.raises(TypeError, match="logp"):
-        op(logp.long(), old, adv, mask, None, *rest)
+        op(logp.long(), old, adv, mask, None, cfg(*rest))
     with pytest.raises(ValueError, match="adv"):
-        op(logp, old, adv[:1], mask, None, *rest)
+        op(logp, old, adv[:1], mask, None, cfg(*rest))
     with pytest.raises(ValueError, match="rollout_is_weights"):
-        op(logp, old, adv, mask, torch.ones(2, 4), *rest)
+        op(logp, old, adv, mask, torch.ones(2, 4), cfg(*rest))
     with pytest.raises(ValueError, match="ratio"):
-        op(logp, old, adv, mask, None, 5, *rest[1:])
+        op(logp, old, adv, mask, None, cfg(5, *rest[1:]))
     with pytest.raises(ValueError, match="power"):
-        op(logp, old, adv, mask, None, 3, -0.1, 0.1, 0.2, float("inf"), *rest[5:])
+        op(logp, old, adv, mask, None, cfg(3, -0.1, 0.1, 0.2, float("inf"), *rest[5:]))
     with pytest.raises(ValueError, match="agg"):
-        op(logp, old, adv, mask, None, *rest[:7], 5, None, None, None)
+        op(logp, old, adv, mask, None, cfg(*rest[:7], 5))
     with pytest.raises(ValueError, match="num_tokens"):
-        op(logp, old, adv, mask, None, *rest[:8], -1.0, None, None)
-    out = op(logp, old, adv, mask, None, *rest)
+        op(logp, old, adv, mask, None, cfg(*rest[:8], -1.0))
+    with pytest.raises(ValueError, match="config"):
+        op(logp, old, adv, mask, None, cfg(*rest)[:8])
+    with pytest.raises(ValueError, match="agg"):
+        op(logp, old, adv, mask, None, cfg(*rest[:7], 0.5))  # a code must be a whole number
+    out = op(logp, old, adv, mask, None, cfg(*rest))
     bwd = torch.ops.ctpo.policy_loss_backward
     with pytest.raises(ValueError, match="grad_loss"):
         bwd(torch.ones(3), out[5], out[6], torch.float32)

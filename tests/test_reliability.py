@@ -266,6 +266,32 @@ def test_bad_optional_inputs_are_errors(kw, name):
         ctpo.policy_loss(torch.zeros(2, 3, requires_grad=True), torch.zeros(2, 3), torch.ones(2), torch.ones(2, 3), **kw)
 
 
+@pytest.mark.parametrize("backend", backends())
+@pytest.mark.parametrize("name", ["num_tokens", "num_seqs", "loss_scale_factor"])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -1.0])
+def test_bad_count_tensors_are_errors(backend, name, bad):
+    """A count given as a tensor (a global count summed over ranks) is checked like a number: a NaN, inf or negative
+    count is a ValueError naming it, not a NaN loss or a silent clamp to 1 (on a CPU tensor: eagerly)."""
+    agg = {"num_tokens": "token-mean", "num_seqs": "seq-mean-token-sum", "loss_scale_factor": "seq-mean-token-sum-norm"}[name]
+    args = (torch.zeros(2, 3, requires_grad=True), torch.zeros(2, 3), torch.ones(2), torch.ones(2, 3))
+    with pytest.raises(ValueError, match=name):
+        ctpo.policy_loss(*args, agg=agg, backend=backend, **{name: torch.tensor(bad)})
+    with pytest.raises(ValueError, match=name):
+        ctpo.policy_loss(*args, agg=agg, backend=backend, **{name: torch.tensor([6.0, 6.0])})
+    loss, _ = ctpo.policy_loss(*args, agg=agg, backend=backend, **{name: torch.tensor(6.0)})
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("backend", backends())
+def test_ref_logp_must_be_log_probs(backend):
+    """ref_logp (the KL term's reference log-probs) gets the same log-prob check as logp and old_logp."""
+    logp = torch.full((2, 3), -1.0, requires_grad=True)
+    with pytest.raises(ValueError, match="ref_logp: expected log-probabilities"):
+        ctpo.policy_loss(logp, logp.detach(), torch.ones(2), torch.ones(2, 3), ref_logp=torch.full((2, 3), 0.5), beta=0.1, backend=backend)
+    loss, m = ctpo.policy_loss(logp, logp.detach(), torch.ones(2), torch.ones(2, 3), ref_logp=torch.full((2, 3), -1.0), beta=0.1, backend=backend)
+    assert float(m["kl"]) == 0.0  # equal policies: k3 is exactly 0
+
+
 # -----------------------------------------------------------------------------
 # rollout_is_weights and the aggregation modes verl has
 

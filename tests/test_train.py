@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import ctpo
+import ctpo_ext
 import tasks
 import train_tiny
 
@@ -191,7 +192,7 @@ def test_auto_backend_without_the_extension(tmp_path, monkeypatch):
         raise RuntimeError("ctpo_ext: the C++ extension is unavailable (no compiler)")
 
     monkeypatch.setattr(ctpo.ctpo_ext, "load", cannot_build)  # as on a machine where the kernel cannot be built
-    monkeypatch.setattr(ctpo, "_ext_warned", False)
+    monkeypatch.setattr(ctpo_ext, "_warned", False)
     with pytest.warns(UserWarning, match="falls back to Python"):
         summary = run(str(tmp_path / "auto"), "--backend=auto", "--rl_steps=1")
     assert summary["backend_used"] == "python"
