@@ -472,7 +472,7 @@ _CONFIGS = {}  # policy_loss's method_config results: (method, (knob, type, valu
 
 
 def _method_config_cached(method, knobs):
-    key = (method, *((k, type(v), v) for k, v in knobs.items()))  # with the type: True == 1, but True is not a number
+    key = (method, *((k, type(v), v) for k, v in knobs.items())) if knobs else method  # with the type: True == 1, but not a number
     try:
         return _CONFIGS[key]
     except (KeyError, TypeError):  # not seen yet, or an unhashable knob (method_config says what is wrong with it)
@@ -485,7 +485,7 @@ def _method_config_cached(method, knobs):
 def check_inputs(logp, old_logp, advantages, mask, agg, backend, counts, ref_logp, beta, rollout_is_weights):
     """Validate types, shapes, devices and scalar arguments once, for both backends (values: `check_values` or the
     kernel's pass). counts: (num_tokens, num_seqs, loss_scale_factor). Returns mask (bool), old_logp, the advantages
-    ((B,) or (B, T)), ref_logp, rollout_is_weights, all detached: only logp gets a gradient."""
+    ((B,) or (B, T)), ref_logp (None when beta = 0), rollout_is_weights, all without gradient: only logp gets one."""
     if not (isinstance(beta, (int, float)) and 0 <= beta < math.inf):
         raise ValueError(f"beta: expected a finite number >= 0, got {beta!r}")
     if beta != 0 and ref_logp is None:
@@ -494,32 +494,34 @@ def check_inputs(logp, old_logp, advantages, mask, agg, backend, counts, ref_log
         if x not in known:
             raise ValueError(f"{name}: unknown {x!r}; expected one of {list(known)}")
     ref_logp = ref_logp if beta != 0 else None  # without the KL term it is not used
-    tensors = (("logp", logp), ("old_logp", old_logp), ("advantages", advantages), ("mask", mask), ("ref_logp", ref_logp),
-               ("rollout_is_weights", rollout_is_weights))  # fmt: skip
-    for name, x in tensors[:4] + tuple((n, x) for n, x in tensors[4:] if x is not None):
+    if isinstance(logp, torch.Tensor) and logp.dim() != 2:
+        raise ValueError(f"logp: expected shape (B, T), got {tuple(logp.shape)}")
+    device, shape = getattr(logp, "device", None), getattr(logp, "shape", None)
+    for name, x in (("logp", logp), ("old_logp", old_logp), ("advantages", advantages), ("mask", mask), ("ref_logp", ref_logp),
+                    ("rollout_is_weights", rollout_is_weights)):  # fmt: skip
+        if x is None and name in ("ref_logp", "rollout_is_weights"):
+            continue
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
         if name != "mask" and not x.is_floating_point():
             raise TypeError(f"{name}: expected a floating dtype (float16/bfloat16/float32/float64), got {x.dtype}")
-        if x.device != logp.device:
-            raise ValueError(f"{name}: expected device {logp.device} like logp, got {x.device}")
-        if name == "logp" and x.dim() != 2:
-            raise ValueError(f"logp: expected shape (B, T), got {tuple(logp.shape)}")
-        if name not in ("logp", "advantages") and x.shape != logp.shape:
-            raise ValueError(f"{name}: expected shape {tuple(logp.shape)} like logp, got {tuple(x.shape)}")
-    B = logp.shape[0]
-    if advantages.shape == (B, 1):  # TRL's advantages.unsqueeze(1), verl's broadcasting: one per row
-        advantages = advantages[:, 0]
-    if advantages.shape not in (logp.shape[:1], logp.shape):
-        raise ValueError(f"advantages: expected shape ({B},), ({B}, 1) or {tuple(logp.shape)}, got {tuple(advantages.shape)}")
+        if x.device != device:
+            raise ValueError(f"{name}: expected device {device} like logp, got {x.device}")
+        if name != "advantages" and x.shape != shape:
+            raise ValueError(f"{name}: expected shape {tuple(shape)} like logp, got {tuple(x.shape)}")
+    if advantages.shape != shape:
+        if advantages.shape == (shape[0], 1):  # TRL's advantages.unsqueeze(1), verl's broadcasting: one per row
+            advantages = advantages[:, 0]
+        if advantages.shape != shape[:1]:
+            raise ValueError(f"advantages: expected shape ({shape[0]},), ({shape[0]}, 1) or {tuple(shape)}, got {tuple(advantages.shape)}")
     if mask.dtype != torch.bool:
         if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
             raise ValueError(f"mask: expected bool or 0/1 values, got dtype {mask.dtype} with other values")
         mask = mask != 0
-    for name, x in zip(("num_tokens", "num_seqs", "loss_scale_factor"), counts):
+    for name, x in zip(("num_tokens", "num_seqs", "loss_scale_factor"), counts) if counts != (None, None, None) else ():
         if isinstance(x, torch.Tensor):  # a global count (a sum over ranks): on a GPU or in a graph checked without a host sync
-            if x.numel() != 1 or x.device != logp.device:
-                raise ValueError(f"{name}: expected a number or a one-element tensor on {logp.device}, got {tuple(x.shape)} on {x.device}")
+            if x.numel() != 1 or x.device != device:
+                raise ValueError(f"{name}: expected a number or a one-element tensor on {device}, got {tuple(x.shape)} on {x.device}")
             ok = (torch.isfinite(x) & (x >= 0)).reshape(())
             if torch.compiler.is_compiling() or x.device.type != "cpu":
                 torch._assert_async(ok, f"{name}: expected a finite count >= 0")
@@ -528,12 +530,15 @@ def check_inputs(logp, old_logp, advantages, mask, agg, backend, counts, ref_log
         elif x is not None and not (isinstance(x, (int, float)) and 0 <= x < math.inf):
             raise ValueError(f"{name}: expected a finite count >= 0 (or None), got {x!r}")
     if ref_logp is not None:  # the KL term is not in the fused op: its input's values are checked here on both backends
-        if not bool(torch.isfinite(torch.where(mask, ref_logp.detach(), 0.0)).all()):
+        ref_logp = ref_logp.detach()
+        if not bool(torch.isfinite(torch.where(mask, ref_logp, 0.0)).all()):
             raise ValueError("ref_logp: expected finite values at every mask=1 position")
         if logp.numel() > 0:
-            ctpo_ext.check_logp_max("ref_logp", torch.where(mask, ref_logp.detach(), -math.inf).amax().item())
-    detach = (x.detach() if x is not None else None for x in (old_logp, advantages, ref_logp, rollout_is_weights))
-    return mask, *detach
+            ctpo_ext.check_logp_max("ref_logp", torch.where(mask, ref_logp, -math.inf).amax().item())
+    if old_logp.requires_grad or advantages.requires_grad or (rollout_is_weights is not None and rollout_is_weights.requires_grad):
+        old_logp, advantages = old_logp.detach(), advantages.detach()
+        rollout_is_weights = rollout_is_weights.detach() if rollout_is_weights is not None else None
+    return mask, old_logp, advantages, ref_logp, rollout_is_weights
 
 
 def check_values(logp, old_logp, adv, mask, rollout_is_weights=None):

@@ -334,9 +334,10 @@ def _register_python_parts():
 def op_config(ratio, lower, upper, dual, power, delta_max, log_w_max, agg, num_tokens=None, num_seqs=None, loss_scale_factor=None):
     """The op's `config` list (CONFIG order): ratio and agg by name (RATIO_CODES, AGG_CODES) or code; a count that is
     None (the batch's own) is NaN."""
-    codes = (RATIO_CODES.get(ratio, ratio), AGG_CODES.get(agg, agg))
-    counts = (math.nan if x is None else x for x in (num_tokens, num_seqs, loss_scale_factor))
-    return [codes[0], lower, upper, dual, power, delta_max, log_w_max, codes[1], *counts]
+    nan = math.nan
+    return [RATIO_CODES.get(ratio, ratio), lower, upper, dual, power, delta_max, log_w_max, AGG_CODES.get(agg, agg),
+            nan if num_tokens is None else num_tokens, nan if num_seqs is None else num_seqs,
+            nan if loss_scale_factor is None else loss_scale_factor]  # fmt: skip
 
 
 def check_logp_max(name, largest):
@@ -380,9 +381,11 @@ def policy_loss(logp, old_logp, adv, mask, rollout_is_weights, ratio, lower, upp
     an input with NaN or inf, a negative rollout weight or a log-prob above LOGP_MARGIN at a mask=1 position.
     """
     counts = (num_tokens, num_seqs, loss_scale_factor)
-    tensor_counts = any(isinstance(x, torch.Tensor) for x in counts)  # a tensor count divides after the op (no host sync)
-    config = op_config(ratio, lower, upper, dual, power, delta_max, log_w_max, agg,
-                       *((1.0 if isinstance(x, torch.Tensor) else x) for x in counts) if tensor_counts else counts)  # fmt: skip
+    tensor_counts = (
+        isinstance(num_tokens, torch.Tensor) or isinstance(num_seqs, torch.Tensor) or isinstance(loss_scale_factor, torch.Tensor)
+    )
+    given = [1.0 if isinstance(x, torch.Tensor) else x for x in counts] if tensor_counts else counts  # tensors divide after the op
+    config = op_config(ratio, lower, upper, dual, power, delta_max, log_w_max, agg, *given)
     loss, n, stats, log_w, clipped, _, _ = torch.ops.ctpo.policy_loss(logp, old_logp, adv, mask, rollout_is_weights, config)
     if torch.compiler.is_compiling():  # no host sync in a graph: an asynchronous assert
         torch._assert_async(n[4] == 0, "policy_loss: NaN or inf, a negative rollout weight, or a log-prob above 0 at a mask=1 position")
