@@ -288,7 +288,8 @@ def test_ref_logp_must_be_log_probs(backend):
     logp = torch.full((2, 3), -1.0, requires_grad=True)
     with pytest.raises(ValueError, match="ref_logp: expected log-probabilities"):
         ctpo.policy_loss(logp, logp.detach(), torch.ones(2), torch.ones(2, 3), ref_logp=torch.full((2, 3), 0.5), beta=0.1, backend=backend)
-    loss, m = ctpo.policy_loss(logp, logp.detach(), torch.ones(2), torch.ones(2, 3), ref_logp=torch.full((2, 3), -1.0), beta=0.1, backend=backend)
+    ref = torch.full((2, 3), -1.0)
+    loss, m = ctpo.policy_loss(logp, logp.detach(), torch.ones(2), torch.ones(2, 3), ref_logp=ref, beta=0.1, backend=backend)
     assert float(m["kl"]) == 0.0  # equal policies: k3 is exactly 0
 
 
