@@ -434,7 +434,7 @@ def plot(path, V, H, seed, kappas, kappa_default):
     for f, ls in zip(FORMULATIONS, ("-", "--")):
         ratio = [r[f]["estimators"]["cumulative"]["variance"] / r[f]["estimators"]["sequence"]["variance"] for r in runs]
         ax.plot(kappas, ratio, "o" + ls, label=f"{f} advantage")
-    ax.axhline(1.0, color="gray", lw=0.8, ls=":")  # outcome: the suffix-dependent reward can put cumulative above 1
+    ax.axhline(1.0, color="gray", lw=0.8, ls=":", label="1: as variable as the sequence ratio")  # outcome can exceed it
     ax.set(
         xlabel="off-policyness kappa (mu logits = pi logits + kappa * noise)",
         ylabel="total variance cumulative / sequence",
@@ -445,11 +445,12 @@ def plot(path, V, H, seed, kappas, kappa_default):
     ax.legend(fontsize=8)
 
     ax = axes[2]  # relative bias against off-policyness: the round-off floor means "exactly unbiased"
-    for name, color in zip(ESTIMATORS, ("C0", "C1", "C2", "C3")):
-        for f, style in zip(FORMULATIONS, ("o-", "s--")):
+    # each estimator its own marker, drawn large to small: the unbiased ones share the round-off floor and would hide
+    for name, color, marker, size in zip(ESTIMATORS, ("C0", "C1", "C2", "C3"), ("o", "D", "s", "^"), (5, 9, 6, 4)):
+        for f, ls in zip(FORMULATIONS, ("-", "--")):
             rb = [max(r[f]["estimators"][name]["rel_bias"], 1e-17) for r in runs]
-            hollow = dict(mfc="none", ms=3) if f == "outcome" else dict(ms=4)
-            ax.plot(kappas, rb, style, color=color, label=f"{name}, {f}", **hollow)
+            fill = dict(mfc="none") if f == "outcome" or name == "cumulative" else {}
+            ax.plot(kappas, rb, ls, marker=marker, ms=size, color=color, label=f"{name}, {f}", **fill)
     ax.set(
         xlabel="off-policyness kappa",
         ylabel="relative bias |E_mu g - grad J| / |grad J|",

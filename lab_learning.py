@@ -367,7 +367,10 @@ def plot(path, rows, curves, args, estimators):
             ax.plot(steps, c["lag 0"].tolist(), color="k", ls="--", lw=1, label="lag 0 (on-policy: all equal)")
             for e in estimators:
                 ax.plot(steps, c[e].tolist(), color=colors[e], lw=1.2, label=f"{e}, lag {plot_lag}")
-            ax.set(title=f"{credit} credit, {policy} policy", xlabel="SGD step k", ylabel="J(theta_k) - J(theta_0) (exact, seed mean)")
+            spread = max(float((c[a] - c[b]).abs().max()) for a in estimators for b in estimators)  # lines drawn on top of each other
+            note = f"\n(lag {plot_lag}: the {len(estimators)} estimators at most {spread:.3f} apart)"
+            ax.set(title=f"{credit} credit, {policy} policy{note}", xlabel="SGD step k")
+            ax.set_ylabel("J(theta_k) - J(theta_0) (exact, seed mean)")
             ax.legend(fontsize=7, loc="lower right")
     markers = {"tabular": "o", "markov": "s"}
     for i in range(nrows):
@@ -384,8 +387,8 @@ def plot(path, rows, curves, args, estimators):
                 err = [[p["mean"] - p["lo"] for p in ps], [p["hi"] - p["mean"] for p in ps]]
                 ax.errorbar(xs, [p["mean"] for p in ps], yerr=err, marker=markers.get(policy, "o"), color=f"C{4 + k}",
                             ls="-" if policy == "tabular" else ":", capsize=3, label=f"{credit}, {policy}")  # fmt: skip
-                for x, r, p in zip(xs, sel, ps):
-                    ax.annotate(f"lag {r['lag']}", (x, p["mean"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+                for x, r, p in zip(xs, sel, ps) if (credit, policy) == (args.credit[-1], args.policy[0]) else ():  # one series: the lags
+                    ax.annotate(f"lag {r['lag']}", (x, p["mean"]), fontsize=8, xytext=(-6, 8), textcoords="offset points", ha="right")
         ax.axhline(0, color="gray", lw=0.8)
         ax.set(xscale="log", xlabel="shift Var(log rho_H) under mu (exact, token runs)", ylabel="gain difference (mean J over training)")
         ax.set_title(f"{e} - token, paired 95% interval ({args.seeds} seeds)", fontsize=10)
