@@ -520,8 +520,8 @@ def check_inputs(logp, old_logp, advantages, mask, agg, backend, counts, ref_log
         mask = mask != 0
     for name, x in zip(("num_tokens", "num_seqs", "loss_scale_factor"), counts) if counts != (None, None, None) else ():
         if isinstance(x, torch.Tensor):  # a global count (a sum over ranks): on a GPU or in a graph checked without a host sync
-            if x.numel() != 1 or x.device != device:
-                raise ValueError(f"{name}: expected a number or a one-element tensor on {device}, got {tuple(x.shape)} on {x.device}")
+            if x.numel() != 1 or x.device not in (device, torch.device("cpu")):
+                raise ValueError(f"{name}: expected a number or a one-element tensor (on {device} or cpu), got {tuple(x.shape)} {x.device}")
             ok = (torch.isfinite(x) & (x >= 0)).reshape(())
             if torch.compiler.is_compiling() or x.device.type != "cpu":
                 torch._assert_async(ok, f"{name}: expected a finite count >= 0")
