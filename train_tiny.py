@@ -53,9 +53,9 @@ seed = 1337  # model init, training data, sampling
 device = "auto"  # auto | cpu | cuda (auto: cuda if available)
 threads = 1  # CPU threads per process (0: torch's default, one per core); 1: steady on a busy machine, see docs/toy.md
 # task (tasks.py)
-task = "sort"  # sort (sort a string of digits) | pairs (the long-response toy of config/long.py: free digit r, then F(r))
-min_digits = 16  # sort: shortest digit string (the response is one token longer: the end token)
-max_digits = 20  # sort: longest digit string
+task = "sort"  # sort (sort digits) | pairs (the long-response toy of config/long.py) | automaton (config/automaton.py: a walk)
+min_digits = 16  # sort: shortest digit string (the response is one token longer: the end token); automaton: fewest steps
+max_digits = 20  # sort: longest digit string; automaton: most steps
 n_pairs = 68  # pairs: pairs per answer (the response is 2 n_pairs + 1 tokens: the end token)
 partial_credit = 0.5  # reward = (1 - partial_credit) * exact_match + partial_credit * fraction of positions (pairs) right
 eval_size = 512  # held-out prompts (greedy exact match)
