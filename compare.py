@@ -252,7 +252,33 @@ def analyse(summaries, methods, seeds, reference, values=(None,)):
     """summaries[(method, seed, value)] is a run's summary.json (value: the sweep value, None without a sweep).
     Returns (table, paired): per (value, method) the mean +- std over seeds of the headline numbers; per
     (value, other method) the paired interval of reference - method for each gain in GAINS."""
-    table, paired = [], []
+    return analyse_table(summaries, methods, seeds, values), [
+        paired_entry(summaries, (reference, v), (m, v), seeds, f"{reference} - {m}") for v in values for m in methods if m != reference
+    ]
+
+
+def sweep_cost(summaries, methods, seeds, values):
+    """The swept key's own effect, per method, paired by seed (every value of a seed shares its warm start): the gains
+    at the first value minus at each other value (e.g. what rollout_lag = 8 costs each method against 0)."""
+    return [paired_entry(summaries, (m, values[0]), (m, v), seeds, f"{m}: at {values[0]} - here") for v in values[1:] for m in methods]
+
+
+def paired_entry(summaries, ref, other, seeds, comparison):
+    """The paired interval of ref - other ((method, value) pairs) over seeds for each gain in GAINS that every run has."""
+    gain = {name: lambda s, a=a, b=b, k=k: k * (s[a] - s[b]) for name, a, b, k, _ in GAINS}
+    names = [name for name, a, *_ in GAINS if all(s.get(a) is not None for s in summaries.values())]
+    a, b = ([summaries[(m, s, v)] for s in seeds] for m, v in (ref, other))
+    entry = {"value": other[1], "comparison": comparison, "reference": ref[0], "method": other[0]}
+    for name in names:
+        entry[name] = paired_interval([gain[name](x) - gain[name](y) for x, y in zip(a, b)])
+    entry["paired_warm_start"] = all(x["accuracy_before"] == y["accuracy_before"] and x["reward_before"] == y["reward_before"]
+                                     for x, y in zip(a, b))  # fmt: skip
+    return entry
+
+
+def analyse_table(summaries, methods, seeds, values):
+    """Per (value, method): the mean +- std over seeds of the headline numbers."""
+    table = []
     gain = {name: lambda s, a=a, b=b, k=k: k * (s[a] - s[b]) for name, a, b, k, _ in GAINS}
     # a gain whose numbers some run lacks (curve_gain without a logged evaluation) is left out everywhere
     names = [name for name, a, *_ in GAINS if all(s.get(a) is not None for s in summaries.values())]
@@ -270,24 +296,10 @@ def analyse(summaries, methods, seeds, reference, values=(None,)):
             if all(s.get("log_rho_var") is not None for s in ss):
                 row.update(log_rho_var=col("log_rho_var"))
             table.append(row)
-        for method in methods:
-            if method == reference:
-                continue
-            entry = {"value": v, "comparison": f"{reference} - {method}", "reference": reference, "method": method}
-            for name in names:
-                entry[name] = paired_interval(
-                    [gain[name](summaries[(reference, s, v)]) - gain[name](summaries[(method, s, v)]) for s in seeds]
-                )
-            entry["paired_warm_start"] = all(
-                summaries[(reference, s, v)]["accuracy_before"] == summaries[(method, s, v)]["accuracy_before"]
-                and summaries[(reference, s, v)]["reward_before"] == summaries[(method, s, v)]["reward_before"]
-                for s in seeds
-            )
-            paired.append(entry)
-    return table, paired
+    return table
 
 
-def markdown(table, paired, seeds, sweep_key, note):
+def markdown(table, paired, seeds, sweep_key, note, cost=()):
     pm = lambda ms, fmt: f"{ms[0]:{fmt}} +- {ms[1]:{fmt}}"  # noqa: E731
 
     def ci(d, fmt):
@@ -315,14 +327,17 @@ def markdown(table, paired, seeds, sweep_key, note):
         lines.append("| " + " | ".join(cells) + " |")
     head = lead + ["paired difference", "seeds", "acc gain (points): mean [95% CI]", "reward gain: mean [95% CI]"]
     head += (["reward over evals: mean [95% CI]"] if curve else []) + ["same warm start"]
-    lines += ["", "## Paired by seed: mean difference and 95% interval (Student t over seeds)", ""]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for p in paired:
-        cells = [str(p["value"])] if sweep_key else []
-        cells += [p["comparison"], str(p["acc_gain"]["n"]), ci(p["acc_gain"], ".1f"), ci(p["reward_gain"], ".3f")]
-        cells += [ci(p["curve_gain"], ".3f")] if curve else []
-        cells.append("yes" if p["paired_warm_start"] else "NO")
-        lines.append("| " + " | ".join(cells) + " |")
+    sections = [("## Paired by seed: mean difference and 95% interval (Student t over seeds)", paired)]
+    if cost:
+        sections.append((f"## The swept {sweep_key} per method, paired by seed: gains at its first value minus here, 95% interval", cost))
+    for title, entries in sections:
+        lines += ["", title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for p in entries:
+            cells = [str(p["value"])] if sweep_key else []
+            cells += [p["comparison"], str(p["acc_gain"]["n"]), ci(p["acc_gain"], ".1f"), ci(p["reward_gain"], ".3f")]
+            cells += [ci(p["curve_gain"], ".3f")] if curve else []
+            cells.append("yes" if p["paired_warm_start"] else "NO")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + f"\n\n{note}\n"
 
 
@@ -399,9 +414,10 @@ def main(argv=None):
                     summaries[(method, seed, v)] = dict(json.load(f), reward_curve_mean=reward_curve_mean(c), log_rho_var=log_rho_var(c)[0])
 
     table, paired = analyse(summaries, methods, seeds, opts["reference"], values)
+    cost = sweep_cost(summaries, methods, seeds, values) if sweep else []
     args_note = " ".join([*files, *extra]) or "(defaults)"
     note = f"seeds {seeds}; train_tiny.py arguments: {args_note}" + (f"; swept: --{sweep[0]}={','.join(map(str, values))}" if sweep else "")
-    md = markdown(table, paired, seeds, sweep[0] if sweep else None, note)
+    md = markdown(table, paired, seeds, sweep[0] if sweep else None, note, cost)
     with open(os.path.join(out_dir, "compare.md"), "w") as f:
         f.write(md)
     record = {
@@ -413,6 +429,7 @@ def main(argv=None):
         "extra_args": extra,
         "table": table,
         "paired": paired,
+        "sweep_cost": cost,
         "runs": {run_name(m, s, sweep, v): summary for (m, s, v), summary in summaries.items()},
     }
     with open(os.path.join(out_dir, "compare.json"), "w") as f:

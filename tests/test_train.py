@@ -98,6 +98,43 @@ def test_pairs_task_targets_and_reward():
     assert sc("3e7b0j3e7b$", n=11)[1] and not sc("3e7b0j3e7b$$", n=12)[1]  # nothing may follow the end token
 
 
+def test_automaton_task_targets_and_reward():
+    task = tasks.make(vars(train_tiny.parse_config(["--task=automaton", "--n_pairs=3"])))
+    assert isinstance(task, tasks.Automaton) and task.n_pairs == 3 and task.max_new == 7
+    A = tasks.AUTOMATON.tolist()
+    assert A == [[2, 0, 1], [1, 2, 0], [0, 1, 2]]
+    assert all(sorted(row) == [0, 1, 2] for row in A) and all(sorted(col) == [0, 1, 2] for col in zip(*A))  # a Latin square
+    prompts, targets = task.batch(64, torch.Generator().manual_seed(0))
+    assert prompts.shape == (64, 1) and (prompts == tasks.EQ).all() and targets.shape == (64, 4)
+    for t in targets.tolist():  # each claim is the state the actions before it reached, from state 0
+        s = 0
+        for d in t[:3]:
+            assert d // 3 == s
+            s = A[s][d % 3]
+        assert t[3] == tasks.EOS
+    assert len(set(targets[:, 0].tolist())) == 3  # the first step: claim 0, any of the 3 actions
+
+    def sc(text, n=None):  # the response's tokens: digits, '$', letters (a letter is not a step)
+        r = torch.tensor([[tasks.VOCAB.index(ch) for ch in text]])
+        m = torch.zeros_like(r, dtype=torch.bool)
+        m[:, : n or r.size(1)] = True
+        reward, exact, length = task.score(r, m, targets[:1], 0.5)
+        return round(reward.item(), 6), exact.item(), length.item()
+
+    # by hand: 0 = (claim 0, action 0): state 0 -> A[0][0] = 2; 7 = (claim 2, action 1): 2 -> A[2][1] = 1;
+    # 5 = (claim 1, action 2): 1 -> 0; then the end token
+    assert sc("075$") == (1.0, True, 4)
+    assert sc("675$") == (round(0.5 * 3 / 4, 6), False, 4)  # claim 2 in state 0: wrong; action 0 still moves 0 -> 2
+    # the warm start's bigram carries a wrong claim on: 3 = (claim 1, action 0), then the claim A[1][0] = 1 with
+    # action 1 (4), then A[1][1] = 2 with action 2 (8); the actions took the walk 0 -> 2 -> 1: every claim wrong
+    assert sc("348$") == (round(0.5 * 1 / 4, 6), False, 4)
+    assert sc("a06$") == (round(0.5 * 3 / 4, 6), False, 4)  # a letter is a wrong step that leaves the state at 0
+    assert sc("07$") == (round(0.5 * 2 / 4, 6), False, 3)  # stopping early
+    assert sc("075") == (round(0.5 * 3 / 4, 6), False, 3)  # no end token
+    assert sc("075$$") == (0.5, False, 5) and sc("075$$", n=4)[1]  # nothing may follow the end token
+    assert task.vocab_size == tasks.LETTER0 and task.values == (0, 9)
+
+
 @pytest.mark.parametrize("name", sorted(tasks.TASKS))
 def test_task_interface(name):
     """Every task keeps the contract the training loop relies on (tasks.py's docstring): shapes, lengths that fit
