@@ -248,6 +248,13 @@ def test_config_long_parses_and_is_long():
     assert 2 * C.n_pairs + 1 >= 128  # the target response, end token included
 
 
+def test_config_automaton_parses_and_has_one_update_per_rollout():
+    C = train_tiny.parse_config([os.path.join(ROOT, "config", "automaton.py")])
+    assert C.out_dir == "out-automaton" and C.task == "automaton" and C.rollout_lag == 0
+    assert C.num_minibatches == C.ppo_epochs == 1  # rollout_lag = k is then exactly k optimizer updates
+    assert train_tiny.parse_config([os.path.join(ROOT, "config", "automaton.py"), "--rollout_lag=8"]).rollout_lag == 8
+
+
 def test_compare_forwards_config_files_and_finds_the_sweep(tmp_path):
     cfg = write(tmp_path / "c.py", "rl_steps = 3\n")
     opts, files, extra, sweep = compare.parse([cfg, "--methods=grpo,ctpo", "--num_minibatches=1,4,16", "--fixed_window=(0.4, 3)"])
