@@ -22,7 +22,8 @@ differences of the final values when the warm starts match, which compare.json r
 
 Sweep: one train_tiny.py key may be given a comma-separated list (e.g. --num_minibatches=1,4,16, the
 staleness: optimizer steps per rollout, 16 in the paper); every method x seed then runs at every value,
-and the tables and intervals are per value.
+and the tables and intervals are per value, with one more table: what the swept key does to each method,
+paired by seed (its gains at the first value minus at each other one; e.g. what --rollout_lag=0,8 costs).
 
 Runs are sequential (each uses every core) in out_dir/<method>-s<seed>/ (with a sweep:
 <method>-<key><value>-s<seed>/); a run that already has its summary.json and the same configuration is

@@ -54,9 +54,9 @@ device = "auto"  # auto | cpu | cuda (auto: cuda if available)
 threads = 1  # CPU threads per process (0: torch's default, one per core); 1: steady on a busy machine, see docs/toy.md
 # task (tasks.py)
 task = "sort"  # sort (sort digits) | pairs (the long-response toy of config/long.py) | automaton (config/automaton.py: a walk)
-min_digits = 16  # sort: shortest digit string (the response is one token longer: the end token); automaton: fewest steps
-max_digits = 20  # sort: longest digit string; automaton: most steps
-n_pairs = 68  # pairs: pairs per answer (the response is 2 n_pairs + 1 tokens: the end token)
+min_digits = 16  # sort: shortest digit string (the response is one token longer: the end token)
+max_digits = 20  # sort: longest digit string
+n_pairs = 68  # pairs: pairs per answer (the response is 2 n_pairs + 1 tokens: the end token); automaton: steps (n_pairs + 1)
 partial_credit = 0.5  # reward = (1 - partial_credit) * exact_match + partial_credit * fraction of positions (pairs) right
 eval_size = 512  # held-out prompts (greedy exact match)
 eval_seed = 2605  # the held-out split is fixed by this seed, whatever the run's seed; training never sees it
@@ -184,7 +184,7 @@ def main(argv=None):
         return result
     finally:
         if ddp:  # free the group (gloo's threads joined) now: at exit a gloo thread still dropping a tensor takes the GIL
-            # mid-finalisation and aborts the rank. Nothing may hold it: clear an error's traceback (it keeps train()'s frame), gc cycles
+            # mid-finalisation and aborts the rank. Nothing may hold it: an error's traceback (train()'s frame) is cleared, cycles collected
             if sys.exc_info()[2] is not None:
                 traceback.clear_frames(sys.exc_info()[2])
             gc.collect()
