@@ -56,7 +56,7 @@ threads = 1  # CPU threads per process (0: torch's default, one per core); 1: st
 task = "sort"  # sort (sort digits) | pairs (the long-response toy of config/long.py) | automaton (config/automaton.py: a walk)
 min_digits = 16  # sort: shortest digit string (the response is one token longer: the end token)
 max_digits = 20  # sort: longest digit string
-n_pairs = 68  # pairs: pairs per answer (the response is 2 n_pairs + 1 tokens: the end token); automaton: steps (n_pairs + 1)
+n_pairs = 68  # pairs: pairs per answer (the response is 2 n_pairs + 1 tokens: the end token); automaton: steps (n_pairs + 1 tokens)
 partial_credit = 0.5  # reward = (1 - partial_credit) * exact_match + partial_credit * fraction of positions (pairs) right
 eval_size = 512  # held-out prompts (greedy exact match)
 eval_seed = 2605  # the held-out split is fixed by this seed, whatever the run's seed; training never sees it
