@@ -8,13 +8,13 @@
 #
 #     python train_tiny.py config/automaton.py                                   # -> out-automaton/, ~15 s
 #     python train_tiny.py config/automaton.py --rollout_lag=8 --method=grpo --out_dir=out-automaton-grpo
-#     python compare.py config/automaton.py --arms=grpo,ctpo,ctpo:ratio=token --rollout_lag=0,2,8 \
+#     python compare.py config/automaton.py --methods=grpo,ctpo,ctpo:ratio=token --rollout_lag=0,2,8 \
 #         --seeds=1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16 --out_dir=out-lag       # the comparison (docs/lag.md)
 #
 # Why this task: the lab (docs/lab.md, chapter 2) finds the cumulative ratio's correction matters when credit
-# is entangled; sort and pairs have local credit. A walk whose state is given by a prompt the model must align
-# to (or that it must compose from actions it does not write down) was not learned by a 2x64 warm start in
-# 400 steps; claims written beside the actions make the rule a bigram, learned in ~100 steps.
+# is entangled; sort and pairs have local credit. Walks whose next token needs a prompt token at a fixed
+# distance, or the state written two tokens before, kept a 2x64 warm start on its plateau for 200-500 steps;
+# a claim and an action in one digit make the rule a bigram, learned in ~100 steps (docs/lag.md).
 
 out_dir = "out-automaton"
 task = "automaton"
