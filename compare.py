@@ -5,6 +5,11 @@ Method comparison on the toy: train_tiny.py for each method and seed, then table
     python compare.py --methods=grpo,ctpo --seeds=1,2 --rl_steps=200      # other --key=value go to train_tiny.py
     python compare.py config/long.py --seeds=1,2,3,4,5 --out_dir=out-compare-long   # a train_tiny.py config file
     python compare.py --methods=grpo,ctpo --num_minibatches=1,4,16        # a sweep: a train_tiny.py key given a list
+    python compare.py config/automaton.py --methods=grpo,ctpo,ctpo:ratio=token --rollout_lag=0,2,8   # arms (docs/lag.md)
+
+Arms: a method may carry overrides of its knobs, method:knob=value:... (ctpo.method_config's names; they go
+to --loss_kwargs, over any --loss_kwargs given): ctpo:ratio=token is the token ratio inside CTPO's sqrt(t)
+window, which separates CTPO's correction (the cumulative ratio) from its window.
 
 Pairing: runs with the same seed share the warm start (the same model init, data and warm-start steps:
 train_tiny.py is deterministic on a given machine), so a method's effect is measured by the paired
@@ -17,7 +22,8 @@ differences of the final values when the warm starts match, which compare.json r
 
 Sweep: one train_tiny.py key may be given a comma-separated list (e.g. --num_minibatches=1,4,16, the
 staleness: optimizer steps per rollout, 16 in the paper); every method x seed then runs at every value,
-and the tables and intervals are per value.
+and the tables and intervals are per value, with one more table: what the swept key does to each method,
+paired by seed (its gains at the first value minus at each other one; e.g. what --rollout_lag=0,8 costs).
 
 Runs are sequential (each uses every core) in out_dir/<method>-s<seed>/ (with a sweep:
 <method>-<key><value>-s<seed>/); a run that already has its summary.json and the same configuration is
@@ -27,6 +33,7 @@ out_dir/compare.md (the tables), compare.json (the same numbers and every run's 
 against the swept value).
 """
 
+import ast
 import json
 import math
 import os
@@ -44,7 +51,8 @@ USAGE = "usage: python compare.py [config/NAME.py] [--key=value ...]   (compare.
 
 # -----------------------------------------------------------------------------
 # compare.py's own keys (configurator.py, as train_tiny.py's); every other --key=value goes to train_tiny.py
-methods = "grpo,gspo,ctpo,ctpo-fixed"  # comma-separated methods to run (grpo, gspo, sequence, ctpo, ctpo-fixed, ctpo-geomean)
+methods = "grpo,gspo,ctpo,ctpo-fixed"  # comma-separated methods to run (grpo, gspo, sequence, ctpo, ctpo-fixed, ctpo-geomean), or arms:
+#                                        method:knob=value:... (e.g. ctpo:ratio=token, the knobs of ctpo.method_config)
 seeds = "1,2,3"  # comma-separated integer seeds; runs of one seed share the warm start and are paired
 reference = ""  # the paired differences are reference - method for every other method ('': ctpo if run, else the first)
 out_dir = "out-compare"  # the runs, compare.md, compare.json, compare.png
@@ -66,6 +74,43 @@ def reward_curve_mean(curve):
     """Mean of the held-out rewards a run's metrics.jsonl logged after step 0 (None if it logged none)."""
     evals = [r["eval_reward"] for r in curve if r.get("eval_reward") is not None and r["step"] > 0]
     return sum(evals) / len(evals) if evals else None
+
+
+def log_rho_var(curve):
+    """Var(log rho_H) over a run's RL steps, from figure1.py's per-position sums in metrics.jsonl, at H = the last
+    response position (1-indexed) that at least half the sampled responses reach; the sampler-to-policy shift that the
+    lab (docs/lab.md) maps against. Returns (variance, H), or (None, None) when no step logged a token."""
+    tot = {}
+    for row in curve:
+        for k in ("n", "sum", "sumsq"):
+            for t, x in enumerate(row.get("pos", {}).get(k, [])):
+                tot.setdefault(k, {}).setdefault(t, 0.0)
+                tot[k][t] += x
+    n = tot.get("n", {})
+    if not n or n.get(0, 0.0) == 0:
+        return None, None
+    h = max(t for t, c in n.items() if c >= n[0] / 2)
+    return tot["sumsq"][h] / n[h] - (tot["sum"][h] / n[h]) ** 2, h + 1
+
+
+def arm_knobs(arm):
+    """'ctpo:ratio=token:clip_low=0.05' -> {'ratio': 'token', 'clip_low': 0.05}: a value is a Python literal, or else a string."""
+    knobs = {}
+    for item in arm.split(":")[1:]:
+        knob, eq, text = item.partition("=")
+        if not knob or not eq:
+            raise ValueError(f"expected method:knob=value:..., got {item!r} in {arm!r}")
+        try:
+            knobs[knob] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            knobs[knob] = text
+    return knobs
+
+
+def arm_args(arm, base_loss_kwargs):
+    """train_tiny.py arguments of an arm: its method, and its knobs over the loss_kwargs given (if it has any)."""
+    knobs = arm_knobs(arm)
+    return [f"--method={arm.split(':')[0]}"] + ([f"--loss_kwargs={ {**base_loss_kwargs, **knobs}!r}"] if knobs else [])
 
 
 class CompareError(ConfigError):
@@ -110,9 +155,14 @@ def parse(argv):
         else:
             raise CompareError(f"unknown key {key!r}; compare.py's keys: {', '.join(KEYS)}; train_tiny.py's keys: {tt_keys}")
     methods = [m for m in opts["methods"].split(",") if m]
-    bad = [m for m in methods if m not in ctpo.METHODS]
+    bad = [m for m in methods if m.split(":")[0] not in ctpo.METHODS]
     if not methods or bad or len(set(methods)) != len(methods):
         raise CompareError(f"--methods: expected distinct comma-separated names from {sorted(ctpo.METHODS)}, got {opts['methods']!r}")
+    for arm in methods:
+        try:
+            ctpo.method_config(arm.split(":")[0], **arm_knobs(arm))
+        except (TypeError, ValueError) as e:
+            raise CompareError(f"--methods: {arm!r}: {e}") from None
     try:
         seeds = [int(s) for s in opts["seeds"].split(",")]
     except ValueError:
@@ -203,7 +253,33 @@ def analyse(summaries, methods, seeds, reference, values=(None,)):
     """summaries[(method, seed, value)] is a run's summary.json (value: the sweep value, None without a sweep).
     Returns (table, paired): per (value, method) the mean +- std over seeds of the headline numbers; per
     (value, other method) the paired interval of reference - method for each gain in GAINS."""
-    table, paired = [], []
+    return analyse_table(summaries, methods, seeds, values), [
+        paired_entry(summaries, (reference, v), (m, v), seeds, f"{reference} - {m}") for v in values for m in methods if m != reference
+    ]
+
+
+def sweep_cost(summaries, methods, seeds, values):
+    """The swept key's own effect, per method, paired by seed (every value of a seed shares its warm start): the gains
+    at the first value minus at each other value (e.g. what rollout_lag = 8 costs each method against 0)."""
+    return [paired_entry(summaries, (m, values[0]), (m, v), seeds, f"{m}: at {values[0]} - here") for v in values[1:] for m in methods]
+
+
+def paired_entry(summaries, ref, other, seeds, comparison):
+    """The paired interval of ref - other ((method, value) pairs) over seeds for each gain in GAINS that every run has."""
+    gain = {name: lambda s, a=a, b=b, k=k: k * (s[a] - s[b]) for name, a, b, k, _ in GAINS}
+    names = [name for name, a, *_ in GAINS if all(s.get(a) is not None for s in summaries.values())]
+    a, b = ([summaries[(m, s, v)] for s in seeds] for m, v in (ref, other))
+    entry = {"value": other[1], "comparison": comparison, "reference": ref[0], "method": other[0]}
+    for name in names:
+        entry[name] = paired_interval([gain[name](x) - gain[name](y) for x, y in zip(a, b)])
+    entry["paired_warm_start"] = all(x["accuracy_before"] == y["accuracy_before"] and x["reward_before"] == y["reward_before"]
+                                     for x, y in zip(a, b))  # fmt: skip
+    return entry
+
+
+def analyse_table(summaries, methods, seeds, values):
+    """Per (value, method): the mean +- std over seeds of the headline numbers."""
+    table = []
     gain = {name: lambda s, a=a, b=b, k=k: k * (s[a] - s[b]) for name, a, b, k, _ in GAINS}
     # a gain whose numbers some run lacks (curve_gain without a logged evaluation) is left out everywhere
     names = [name for name, a, *_ in GAINS if all(s.get(a) is not None for s in summaries.values())]
@@ -218,25 +294,13 @@ def analyse(summaries, methods, seeds, reference, values=(None,)):
                 row.update(reward_curve_mean=col("reward_curve_mean"), curve_gain=mean_std([gain["curve_gain"](s) for s in ss]))
             row.update(train_reward_last10=col("train_reward_last10"), clip_frac=col("clip_frac", 100.0))
             row.update(mean_response_len=col("mean_response_len"), wall_seconds=col("wall_seconds"))
+            if all(s.get("log_rho_var") is not None for s in ss):
+                row.update(log_rho_var=col("log_rho_var"))
             table.append(row)
-        for method in methods:
-            if method == reference:
-                continue
-            entry = {"value": v, "comparison": f"{reference} - {method}", "reference": reference, "method": method}
-            for name in names:
-                entry[name] = paired_interval(
-                    [gain[name](summaries[(reference, s, v)]) - gain[name](summaries[(method, s, v)]) for s in seeds]
-                )
-            entry["paired_warm_start"] = all(
-                summaries[(reference, s, v)]["accuracy_before"] == summaries[(method, s, v)]["accuracy_before"]
-                and summaries[(reference, s, v)]["reward_before"] == summaries[(method, s, v)]["reward_before"]
-                for s in seeds
-            )
-            paired.append(entry)
-    return table, paired
+    return table
 
 
-def markdown(table, paired, seeds, sweep_key, note):
+def markdown(table, paired, seeds, sweep_key, note, cost=()):
     pm = lambda ms, fmt: f"{ms[0]:{fmt}} +- {ms[1]:{fmt}}"  # noqa: E731
 
     def ci(d, fmt):
@@ -249,6 +313,8 @@ def markdown(table, paired, seeds, sweep_key, note):
     curve = bool(table) and "curve_gain" in table[0]
     head += ["reward gain"] + (["reward, mean over evals"] if curve else [])
     head += ["rollout reward, last 10 steps", "clip frac (%)", "mean response (tokens)", "wall time (s)"]
+    shift = bool(table) and all("log_rho_var" in r for r in table)
+    head += ["Var(log rho_H), all steps"] if shift else []
     title = f"## Sweep over {sweep_key}: mean +- std over seeds {seeds}" if sweep_key else f"## Methods: mean +- std over seeds {seeds}"
     lines = [title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in table:
@@ -258,17 +324,21 @@ def markdown(table, paired, seeds, sweep_key, note):
         cells += [pm(r["reward_curve_mean"], ".3f")] if curve else []
         cells += [pm(r["train_reward_last10"], ".3f")]
         cells += [pm(r["clip_frac"], ".1f"), pm(r["mean_response_len"], ".1f"), pm(r["wall_seconds"], ".0f")]
+        cells += [pm(r["log_rho_var"], ".4f")] if shift else []
         lines.append("| " + " | ".join(cells) + " |")
     head = lead + ["paired difference", "seeds", "acc gain (points): mean [95% CI]", "reward gain: mean [95% CI]"]
     head += (["reward over evals: mean [95% CI]"] if curve else []) + ["same warm start"]
-    lines += ["", "## Paired by seed: mean difference and 95% interval (Student t over seeds)", ""]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for p in paired:
-        cells = [str(p["value"])] if sweep_key else []
-        cells += [p["comparison"], str(p["acc_gain"]["n"]), ci(p["acc_gain"], ".1f"), ci(p["reward_gain"], ".3f")]
-        cells += [ci(p["curve_gain"], ".3f")] if curve else []
-        cells.append("yes" if p["paired_warm_start"] else "NO")
-        lines.append("| " + " | ".join(cells) + " |")
+    sections = [("## Paired by seed: mean difference and 95% interval (Student t over seeds)", paired)]
+    if cost:
+        sections.append((f"## The swept {sweep_key} per method, paired by seed: gains at its first value minus here, 95% interval", cost))
+    for title, entries in sections:
+        lines += ["", title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for p in entries:
+            cells = [str(p["value"])] if sweep_key else []
+            cells += [p["comparison"], str(p["acc_gain"]["n"]), ci(p["acc_gain"], ".1f"), ci(p["reward_gain"], ".3f")]
+            cells += [ci(p["curve_gain"], ".3f")] if curve else []
+            cells.append("yes" if p["paired_warm_start"] else "NO")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + f"\n\n{note}\n"
 
 
@@ -289,6 +359,7 @@ def up_to_date(run_dir, config):
 
 
 def run_name(method, seed, sweep, value):
+    method = method.replace(":", "+")  # an arm's knobs: ctpo+ratio=token
     if sweep is None:
         return f"{method}-s{seed}"
     return f"{method}-{sweep[0]}{value}-s{seed}".replace(os.sep, "_")
@@ -304,8 +375,10 @@ def main(argv=None):
     values = sweep[1] if sweep else [None]
     axis = lambda v: [f"--{sweep[0]}={v}"] if sweep else []  # noqa: E731
     try:  # check every run's arguments before spending minutes on the first one
+        base = train_tiny.parse_config([*files, *extra], check=False).loss_kwargs  # an arm's knobs go over these
+        arm = {m: arm_args(m, base) for m in methods}
         configs = {
-            (m, s, v): vars(train_tiny.parse_config([*files, f"--method={m}", f"--seed={s}", *extra, *axis(v)]))
+            (m, s, v): vars(train_tiny.parse_config([*files, f"--seed={s}", *extra, *arm[m], *axis(v)]))
             for m in methods
             for s in seeds
             for v in values
@@ -325,7 +398,7 @@ def main(argv=None):
                 name = run_name(method, seed, sweep, v)
                 run_dir = os.path.join(out_dir, name)
                 if opts["rerun"] or not up_to_date(run_dir, configs[(method, seed, v)]):
-                    args = [*files, f"--method={method}", f"--seed={seed}", f"--out_dir={run_dir}", "--overwrite=True", *extra, *axis(v)]
+                    args = [*files, f"--seed={seed}", f"--out_dir={run_dir}", "--overwrite=True", *extra, *arm[method], *axis(v)]
                     t0 = time.time()
                     print(f"== {name}: python train_tiny.py {' '.join(args)}", flush=True)
                     with open(os.path.join(out_dir, f"{name}.log"), "w") as log:
@@ -338,12 +411,14 @@ def main(argv=None):
                 with open(os.path.join(run_dir, "metrics.jsonl")) as f:
                     curves[(method, seed, v)] = [json.loads(line) for line in f]
                 with open(os.path.join(run_dir, "summary.json")) as f:  # + the curve's mean, computed here
-                    summaries[(method, seed, v)] = dict(json.load(f), reward_curve_mean=reward_curve_mean(curves[(method, seed, v)]))
+                    c = curves[(method, seed, v)]
+                    summaries[(method, seed, v)] = dict(json.load(f), reward_curve_mean=reward_curve_mean(c), log_rho_var=log_rho_var(c)[0])
 
     table, paired = analyse(summaries, methods, seeds, opts["reference"], values)
+    cost = sweep_cost(summaries, methods, seeds, values) if sweep else []
     args_note = " ".join([*files, *extra]) or "(defaults)"
     note = f"seeds {seeds}; train_tiny.py arguments: {args_note}" + (f"; swept: --{sweep[0]}={','.join(map(str, values))}" if sweep else "")
-    md = markdown(table, paired, seeds, sweep[0] if sweep else None, note)
+    md = markdown(table, paired, seeds, sweep[0] if sweep else None, note, cost)
     with open(os.path.join(out_dir, "compare.md"), "w") as f:
         f.write(md)
     record = {
@@ -355,6 +430,7 @@ def main(argv=None):
         "extra_args": extra,
         "table": table,
         "paired": paired,
+        "sweep_cost": cost,
         "runs": {run_name(m, s, sweep, v): summary for (m, s, v), summary in summaries.items()},
     }
     with open(os.path.join(out_dir, "compare.json"), "w") as f:
@@ -425,8 +501,9 @@ def plot(path, methods, seeds, values, sweep, curves, table, paired, task="sort"
                 rs = [r for r in table if r["method"] == method]
                 x = [pos[r["value"]] + 0.06 * (k - len(methods) / 2) for r in rs]
                 a1.errorbar(x, [r[g][0] for r in rs], yerr=[r[g][1] for r in rs], fmt="o-", capsize=3, color=f"C{k}", label=method)
-                for p in (p for p in paired if p["method"] == method):
-                    errbar(a2, pos[p["value"]] + 0.06 * (k - len(methods) / 2), p[g], color=f"C{k}")
+                for i, p in enumerate(p for p in paired if p["method"] == method):  # each comparison labelled once
+                    label_p = p["comparison"] if i == 0 else None
+                    errbar(a2, pos[p["value"]] + 0.06 * (k - len(methods) / 2), p[g], color=f"C{k}", label=label_p)
             a1.set_ylabel(f"{label}\nmean +- std over seeds", fontsize=9)
             a2.set_ylabel(f"paired diff: {label}\nreference - method, 95% CI", fontsize=9)
             a2.axhline(0, color="gray", lw=0.8)
@@ -434,8 +511,11 @@ def plot(path, methods, seeds, values, sweep, curves, table, paired, task="sort"
                 ax.set_xticks(range(len(values)), [str(v) for v in values])
         axes[0, 0].set_title(f"{task} toy: sweep over {key}, seeds {seeds}", fontsize=10)
         axes[0, 0].legend(fontsize=8)
-        axes[-1, 0].set_xlabel(key)
-        axes[-1, 1].set_xlabel(key)
+        if paired:
+            axes[0, 1].legend(fontsize=8)
+        unit = {"rollout_lag": " (policy versions the sampler is behind)", "num_minibatches": " (optimizer steps per rollout)"}.get(key, "")
+        axes[-1, 0].set_xlabel(key + unit)
+        axes[-1, 1].set_xlabel(key + unit)
     for ax in axes.flat:
         if ax.has_data():
             ax.grid(alpha=0.3)

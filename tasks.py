@@ -11,9 +11,10 @@ A task knows its token lengths, draws problems and scores responses:
     task.show(prompt, response, target) -> one line describing a mistake
 
 Sort (the default): sort 16-20 random digits. Pairs (config/long.py): 68 pairs "r F(r)" then the end token.
+Automaton (config/automaton.py): steer a fixed automaton through given states; a mistake throws every later step off.
 Around them: make(config) picks one, teacher() is the warm start's noisy teacher, Problems draws training problems
 that are never held out, evaluate() is the held-out evaluation (greedy exact match and the sampled reward).
-Tokens: the digits 0-9, '=' (ends the prompt), '$' (ends the answer), '.' (left-pads a prompt), a-j (pairs' values).
+Tokens: the digits 0-9, '=' (ends the prompt), '$' (ends the answer), '.' (pads a prompt), a-j (pairs' values, automaton's states).
 """
 
 import torch
@@ -125,7 +126,61 @@ class Pairs:
         return f"=  got {decode(response.tolist())[:20]}... (length {len(response)})  want r F(r) x {self.n_pairs}, then $"
 
 
-TASKS = {"sort": lambda c: Sort(c["min_digits"], c["max_digits"]), "pairs": lambda c: Pairs(c["n_pairs"])}
+# Automaton, the toy with entangled credit (docs/lag.md). A fixed automaton with 3 states and 3 actions: action x moves
+# state s to AUTOMATON[s, x]; every row and column is a permutation (a Latin square). The answer is a walk of n_pairs
+# steps from state 0, then '$': step k is one digit 3 s + x, a claim s about the current state and a free action x
+# (any: the reward never looks at it). Step k is right when s is the state that the response's own actions so far
+# reached. The rule a warm start learns is a bigram (the state after digit 3 s + x is AUTOMATON[s, x]); once a claim is
+# wrong, that rule carries it on, and since a column is a permutation every later claim is wrong too (until a random
+# one happens to be right): a token earns credit only when its whole prefix is right, the lab's entangled credit
+# (docs/lab.md, chapter 2), on a transformer.
+#     =  ->  124610$        (6 steps: digit 3 s + x; the walk 0 -1-> 0 -2-> 1 -1-> 2 -0-> 0 -1-> 0 -0-> 2)
+AUTOMATON = torch.tensor([[2, 0, 1], [1, 2, 0], [0, 1, 2]])  # AUTOMATON[s, x]: the state after action x in state s
+
+
+class Automaton:
+    """n_pairs digits 3 s + x (a claimed state s, a free action x, each 0-2) from state 0, then '$'. Step k is right
+    when its s is the state the response's actions before it reached (a token that is not a digit 0-8 is a wrong step
+    and leaves the state as it is). Reward: (1 - partial_credit) * exact + partial_credit * (steps right + end token
+    right) / (n_pairs + 1), like pairs'."""
+
+    vocab_size, values, holds_out = LETTER0, (0, 9), False
+
+    def __init__(self, n_pairs):
+        self.n_pairs = n_pairs
+        self.prompt_len, self.max_new = 1, n_pairs + 4
+        self.name = f"automaton, 3 states x {n_pairs} steps"
+
+    def batch(self, n, gen):
+        actions = torch.randint(0, 3, (n, self.n_pairs), generator=gen)  # (n, K) free
+        claims, s = torch.empty_like(actions), torch.zeros(n, dtype=torch.long)
+        for k in range(self.n_pairs):
+            claims[:, k] = s
+            s = AUTOMATON[s, actions[:, k]]
+        return torch.full((n, 1), EQ), torch.cat([3 * claims + actions, torch.full((n, 1), EOS)], dim=1)
+
+    def score(self, responses, mask, targets, partial_credit):
+        """exact = every step right, '$' at token n_pairs and nothing after it (targets are not needed)."""
+        B, T = responses.shape
+        K, table = self.n_pairs, AUTOMATON.to(responses.device)
+        resp = torch.full((B, max(T, K + 1)), -1, dtype=torch.long, device=responses.device)
+        resp[:, :T] = torch.where(mask, responses, -1)
+        s, right = torch.zeros(B, dtype=torch.long, device=responses.device), (resp[:, K] == EOS).long()
+        for k in range(K):
+            t = resp[:, k]
+            ok = (t >= 0) & (t < 9)
+            right += (ok & (t // 3 == s)).long()
+            s = torch.where(ok, table[s, (t % 3).clamp(0, 2)], s)
+        resp_len = mask.sum(dim=1)
+        exact = (right == K + 1) & (resp_len == K + 1)
+        return (1 - partial_credit) * exact.float() + partial_credit * right.float() / (K + 1), exact, resp_len
+
+    def show(self, prompt, response, target):  # any actions are right: the claims are what counts
+        return f"=  got {decode(response.tolist())}  want {self.n_pairs} claims 3 s + x that follow the actions, then $"
+
+
+TASKS = {"sort": lambda c: Sort(c["min_digits"], c["max_digits"]), "pairs": lambda c: Pairs(c["n_pairs"]),
+         "automaton": lambda c: Automaton(c["n_pairs"])}  # fmt: skip
 
 
 def make(config):

@@ -1,8 +1,9 @@
 """
 A toy RL run that learns in under a minute on a CPU: a supervised warm start, then CTPO (or GRPO, GSPO, ...).
 
-The task (tasks.py): sort 16-20 digits, '...31415926535897932=  ->  11233455567899999$' (17-21 response tokens,
-the end token included; one wrong count makes the answer wrong). config/long.py: 137-token answers (docs/toy.md).
+The task (tasks.py): sort 16-20 digits, '...31415926535897932=  ->  11233455567899999$' (17-21 response tokens, the end token
+included; one wrong count makes the answer wrong). config/long.py: 137-token answers (docs/toy.md). config/automaton.py: a walk
+on an automaton, where credit is entangled, and rollouts sampled by a policy rollout_lag steps old (docs/lag.md).
 
     python train_tiny.py                                   # CTPO, outputs in out-tiny/
     python train_tiny.py --method=grpo --out_dir=out-grpo  # any --key=value (or --key value) overrides a default
@@ -11,13 +12,13 @@ the end token included; one wrong count makes the answer wrong). config/long.py:
     torchrun --standalone --nproc_per_node=2 train_tiny.py # DDP: rollouts sharded over the ranks
     python train_tiny.py --help                            # every config key, its default and what it does
 
-Warm start: a short supervised run, stopped early (greedy accuracy imperfect, not hopeless). RL: each step samples
-group_size completions for each of n_prompts prompts, scores them, turns the rewards into group advantages and takes
-num_minibatches x ppo_epochs optimizer steps on that rollout: all mini-batches after the first are off-policy.
-Outputs in out_dir: metrics.jsonl (a row per RL step, with the per-position sums figure1.py reads), summary.json,
-train.png, ckpt.pt (atomic; --resume=True continues it exactly). Other files in out_dir are never touched.
+Warm start: a short supervised run, stopped early (greedy accuracy imperfect, not hopeless). RL: each step samples group_size completions
+for each of n_prompts prompts, scores them, turns the rewards into group advantages and takes num_minibatches x ppo_epochs optimizer steps
+on that rollout: all mini-batches after the first are off-policy. Outputs in out_dir: metrics.jsonl (a row per RL step, with figure1.py's
+per-position sums), summary.json, train.png, ckpt.pt (atomic; --resume=True continues it exactly); nothing else in out_dir is touched.
 """
 
+import copy
 import gc
 import json
 import math
@@ -52,10 +53,10 @@ seed = 1337  # model init, training data, sampling
 device = "auto"  # auto | cpu | cuda (auto: cuda if available)
 threads = 1  # CPU threads per process (0: torch's default, one per core); 1: steady on a busy machine, see docs/toy.md
 # task (tasks.py)
-task = "sort"  # sort (sort a string of digits) | pairs (the long-response toy of config/long.py: free digit r, then F(r))
+task = "sort"  # sort (sort digits) | pairs (the long-response toy of config/long.py) | automaton (config/automaton.py: a walk)
 min_digits = 16  # sort: shortest digit string (the response is one token longer: the end token)
 max_digits = 20  # sort: longest digit string
-n_pairs = 68  # pairs: pairs per answer (the response is 2 n_pairs + 1 tokens: the end token)
+n_pairs = 68  # pairs: pairs per answer (the response is 2 n_pairs + 1 tokens: the end token); automaton: steps (n_pairs + 1 tokens)
 partial_credit = 0.5  # reward = (1 - partial_credit) * exact_match + partial_credit * fraction of positions (pairs) right
 eval_size = 512  # held-out prompts (greedy exact match)
 eval_seed = 2605  # the held-out split is fixed by this seed, whatever the run's seed; training never sees it
@@ -78,6 +79,8 @@ n_prompts = 16  # prompts per rollout (over all ranks)
 group_size = 8  # completions per prompt (G); the advantage is relative to the group
 num_minibatches = 4  # optimizer steps per epoch over one rollout; all but the first are off-policy
 ppo_epochs = 1  # passes over each rollout
+rollout_lag = 0  # sample with the policy of this many RL steps before (async trainers' staleness, in policy versions: optimizer
+#                 updates when num_minibatches = ppo_epochs = 1), its log-probs as old_logp; the warm start's until there is one
 optimizer = "adam"  # adam | sgd (Adam: betas (0.9, 0.999), eps 1e-8; sgd: the update is exactly -lr * grad)
 lr = 1e-4  # RL learning rate, constant after a linear warmup
 lr_warmup = 10  # RL steps of linear warmup (a fresh Adam's first steps are sign-like: +-lr on every weight)
@@ -128,7 +131,7 @@ def check_config(c, world_size=1):
         raise ConfigError(f"--loss_kwargs: {e}") from None
     for k in "n_pairs n_prompts num_minibatches ppo_epochs eval_size eval_interval n_layer n_head n_embd sft_batch".split():
         need(c[k] >= 1, f"--{k}: need >= 1, got {c[k]}")
-    for k in "rl_steps sft_steps ckpt_interval n_mistakes lr_warmup threads".split():
+    for k in "rl_steps sft_steps ckpt_interval n_mistakes lr_warmup threads rollout_lag grad_clip".split():
         need(c[k] >= 0, f"--{k}: need >= 0, got {c[k]}")
     for k in ("lr", "sft_lr", "temperature"):
         need(c[k] > 0 and math.isfinite(c[k]), f"--{k}: need a finite value > 0, got {c[k]}")
@@ -137,7 +140,6 @@ def check_config(c, world_size=1):
     need(0.0 <= c["teacher_noise"] < 1.0, f"--teacher_noise: need a probability in [0, 1), got {c['teacher_noise']}")
     need(0.0 <= c["partial_credit"] <= 1.0, f"--partial_credit: need a value in [0, 1], got {c['partial_credit']}")
     need(c["group_size"] >= 2, f"--group_size: need >= 2 (the advantage is relative to the group), got {c['group_size']}")
-    need(c["grad_clip"] >= 0, f"--grad_clip: need >= 0, got {c['grad_clip']}")
     need(c["n_embd"] % c["n_head"] == 0, f"--n_embd: need a multiple of n_head={c['n_head']}, got {c['n_embd']}")
     need(len(fw) == 2 and 0 < fw[0] < 1 < fw[1], f"--fixed_window: need (lo, hi) with 0 < lo < 1 < hi, got {fw}")
     need(c["out_dir"] != "", "--out_dir: must not be empty")
@@ -181,9 +183,8 @@ def main(argv=None):
             dist.barrier()  # leave together: a rank that tears gloo down while rank 0 still writes can abort
         return result
     finally:
-        if ddp:  # free the group (gloo's threads joined) now, not at exit, where a gloo thread still dropping a tensor takes
-            # the GIL mid-finalisation and aborts the rank; nothing may hold the group: train()'s frame is gone (on an error
-            # the traceback keeps it: clear it), gc.collect() frees what only a reference cycle holds
+        if ddp:  # free the group (gloo's threads joined) now: at exit a gloo thread still dropping a tensor takes the GIL
+            # mid-finalisation and aborts the rank. Nothing may hold it: an error's traceback (train()'s frame) is cleared, cycles collected
             if sys.exc_info()[2] is not None:
                 traceback.clear_frames(sys.exc_info()[2])
             gc.collect()
@@ -211,6 +212,7 @@ def train(C, rank, world, device, ddp, t_start, config_files):
     raw_model = ctpo.GPT(gconf).to(device)
     model = DDP(raw_model, device_ids=[device.index] if device.type == "cuda" else None) if ddp else raw_model
     optimizer = (torch.optim.Adam if C.optimizer == "adam" else torch.optim.SGD)(raw_model.parameters(), lr=C.lr)
+    sampler = copy.deepcopy(raw_model) if C.rollout_lag else raw_model  # rollout_lag: a copy that holds the lagged policy
 
     def evaluate(show):  # held-out greedy exact match and sampled reward (tasks.evaluate), each rank on its shard
         p, t = eval_prompts[rank::world].to(device), eval_targets[rank::world].to(device)
@@ -218,13 +220,13 @@ def train(C, rank, world, device, ddp, t_start, config_files):
         sums = all_sum(sums)
         return (sums[0] / sums[1]).item(), (sums[2] / sums[3]).item()
 
-    save = lambda step, elapsed: checkpoint(ckpt_path, metrics_path, raw_model, optimizer, gens, C, step, history, elapsed, rank, world)
+    save = lambda step, elapsed: checkpoint(ckpt_path, raw_model, optimizer, gens, C, step, history, elapsed, rank, world, snapshots)
     log0(rank, f"ctpo toy | {task.name} | {sum(p.numel() for p in raw_model.parameters()) / 1e3:.0f}k params | {device} x {world} | "
                f"{torch.get_num_threads()} threads | method {C.method}")  # fmt: skip
 
     # ---- phase 1: the supervised warm start (sft_steps of AdamW on the answer's token-mean cross-entropy), or resume
     if C.resume:
-        start_step, history, t_origin = load_checkpoint(ckpt_path, metrics_path, raw_model, optimizer, gens, C, rank, world, ddp)
+        start_step, history, t_origin, snapshots = load_checkpoint(ckpt_path, metrics_path, raw_model, optimizer, gens, C, rank, world, ddp)
     else:
         sft = torch.optim.AdamW(raw_model.parameters(), lr=C.sft_lr, weight_decay=0.0)
         model.train()
@@ -242,10 +244,10 @@ def train(C, rank, world, device, ddp, t_start, config_files):
             loss.backward()
             sft.step()
             if it % 25 == 0 or it + 1 == C.sft_steps:  # a line every few seconds
-                local_mean = ((ce * tmask).sum() / tmask.sum()).item()
-                log0(rank, f"warm start {it + 1:4d}/{C.sft_steps} | loss {local_mean:.4f} | {time.time() - t_start:.1f}s")
+                log0(rank, f"warm start {it + 1:4d}/{C.sft_steps} | loss {((ce * tmask).sum() / tmask.sum()).item():.4f} | "
+                           f"{time.time() - t_start:.1f}s")  # fmt: skip
         acc, ev_reward = evaluate(C.n_mistakes)
-        start_step, t_origin = 1, t_start
+        start_step, t_origin, snapshots = 1, t_start, []  # snapshots: the policies of the last rollout_lag + 1 steps, oldest first
         history = {"accuracy_before": acc, "reward_before": ev_reward, "sft_seconds": time.time() - t_start}
         log0(rank, f"after the warm start: held-out accuracy {100 * acc:.1f}% | sampled reward {ev_reward:.3f}")
         if rank == 0:
@@ -262,19 +264,18 @@ def train(C, rank, world, device, ddp, t_start, config_files):
         t0 = time.time()
         for group in optimizer.param_groups:
             group["lr"] = C.lr * min(1.0, step / max(1, C.lr_warmup))
-        # rollout: G completions per prompt, sampled with the KV cache by the current (= old) policy
-        model.eval()
+        model.eval()  # rollout: G completions per prompt, sampled with the KV cache by the old policy (now's, or rollout_lag steps old)
+        if C.rollout_lag:  # every rank holds the same snapshots (the same parameters)
+            snapshots = [*snapshots, {k: v.detach().clone() for k, v in raw_model.state_dict().items()}][-C.rollout_lag - 1 :]
+            sampler.load_state_dict(snapshots[0])
         prompts, targets = (x.to(device).repeat_interleave(C.group_size, dim=0) for x in problems(per_rank(C.n_prompts)))  # (B, P)
-        with torch.no_grad():
-            roll = ctpo.sample(raw_model, prompts, task.max_new, tasks.EOS, tasks.PAD, temperature=C.temperature, generator=gens["sample"])
+        roll = ctpo.sample(sampler, prompts, task.max_new, tasks.EOS, tasks.PAD, temperature=C.temperature, generator=gens["sample"])
         if C.ddp_union_batch:  # (responses are as long as the longest in the global batch: same shapes everywhere)
             prompts, targets = shard(prompts), shard(targets)
             roll = ctpo.Rollout(shard(roll.responses), shard(roll.mask), shard(roll.logp))
-        # advantages: the reward relative to the group
         rewards, exact, resp_len = task.score(roll.responses, roll.mask, targets, C.partial_credit)
-        adv = ctpo.group_advantages(rewards, C.group_size, scale=C.adv_scale)
-        # update: ppo_epochs x num_minibatches optimizer steps on this one rollout
-        model.train()
+        adv = ctpo.group_advantages(rewards, C.group_size, scale=C.adv_scale)  # advantages: the reward relative to the group
+        model.train()  # update: ppo_epochs x num_minibatches optimizer steps on this one rollout
         stats = torch.zeros(7, dtype=torch.float64, device=device)  # tokens, clipped high/low/dual, sum of losses, of ratios, grad norms
         extremes = torch.full((2,), -math.inf, dtype=torch.float64, device=device)  # max ratio, -min ratio
         pos = torch.zeros(len(figure1.POS_KEYS), task.max_new, dtype=torch.float64, device=device)  # Figure 1 sums per position
@@ -298,7 +299,7 @@ def train(C, rank, world, device, ddp, t_start, config_files):
                     extremes = torch.maximum(extremes, torch.stack([m["ratio_max"], -m["ratio_min"]]).double())
                     pos += figure1.position_sums(logp.detach(), old_logp, mask, a, m["clipped"], C.fixed_window, task.max_new)
         # log (every rank reduces the same row), evaluate, checkpoint
-        row = metrics_row(step, stats, extremes, pos, (rewards, exact, resp_len), C, ddp, world, t0, t_origin)
+        row = metrics_row(step, stats, extremes, pos, (rewards, exact, resp_len), C, world, t0, t_origin)
         line = f"step {step:4d} | reward {row['reward']:.3f} | exact {100 * row['exact']:5.1f}%"
         if step % C.eval_interval == 0 or step == C.rl_steps:
             row["acc"], row["eval_reward"] = evaluate(C.n_mistakes if step == C.rl_steps else 0)
@@ -319,9 +320,9 @@ def train(C, rank, world, device, ddp, t_start, config_files):
 # helpers: setup, evaluation, the Figure 1 sums, the metrics row, checkpoints, the summary and its plot
 
 
-def all_sum(x):  # a no-op in a single process
+def all_sum(x, op=dist.ReduceOp.SUM):  # a no-op in a single process
     if dist.is_initialized():
-        dist.all_reduce(x)
+        dist.all_reduce(x, op=op)
     return x
 
 
@@ -351,10 +352,9 @@ def prepare_out_dir(C, rank, ddp):
     return ckpt_path, metrics_path
 
 
-def metrics_row(step, stats, extremes, pos, scored, C, ddp, world, t0, t_origin):
+def metrics_row(step, stats, extremes, pos, scored, C, world, t0, t_origin):
     """One step's sums, reduced over the ranks, as the metrics.jsonl row (every rank gets the same row)."""
-    if ddp:
-        dist.all_reduce(extremes, op=dist.ReduceOp.MAX)
+    all_sum(extremes, op=dist.ReduceOp.MAX)
     stats[6] /= world  # the gradient (after DDP's all-reduce) and its norm are the same on every rank
     stats, pos = all_sum(stats), all_sum(pos)
     roll = all_sum(torch.stack([x.sum().double() for x in (*scored, torch.ones_like(scored[0]))]))  # reward, exact, length, count
@@ -370,8 +370,8 @@ def metrics_row(step, stats, extremes, pos, scored, C, ddp, world, t0, t_origin)
     return row
 
 
-def checkpoint(path, metrics_path, model, optimizer, gens, C, step, history, elapsed, rank, world):
-    """ckpt.pt, written atomically by rank 0, with every rank's RNG state and the length of metrics.jsonl now."""
+def checkpoint(path, model, optimizer, gens, C, step, history, elapsed, rank, world, snapshots):
+    """ckpt.pt, written atomically by rank 0, with every rank's RNG state, the lagged policies and the length of metrics.jsonl now."""
     rng = {"torch": torch.get_rng_state(), "python": random.getstate(), **{k: g.get_state() for k, g in gens.items()}}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -380,7 +380,8 @@ def checkpoint(path, metrics_path, model, optimizer, gens, C, step, history, ela
         dist.all_gather_object(states, rng)
     if rank == 0:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step, "config": vars(C), "world_size": world,
-                 "rng": states, "history": history, "wall_seconds": elapsed, "metrics_bytes": os.path.getsize(metrics_path)}  # fmt: skip
+                 "rng": states, "history": history, "wall_seconds": elapsed, "snapshots": snapshots,
+                 "metrics_bytes": os.path.getsize(os.path.join(C.out_dir, "metrics.jsonl"))}  # fmt: skip
         with open(path + ".tmp", "wb") as f:
             torch.save(state, f)
             f.flush()
@@ -389,7 +390,7 @@ def checkpoint(path, metrics_path, model, optimizer, gens, C, step, history, ela
 
 
 def load_checkpoint(path, metrics_path, model, optimizer, gens, C, rank, world, ddp):
-    """Model, optimizer, this rank's RNG state, history from ckpt.pt; metrics.jsonl cut back. -> (first step, history, t_origin)"""
+    """Model, optimizer, RNG state, history, snapshots from ckpt.pt; metrics.jsonl cut back. -> (next step, history, t_origin, snapshots)"""
     ck = torch.load(path, map_location="cpu", weights_only=False)  # our own file: it holds RNG states
     bad = [k for k in CONFIG_KEYS if k not in RESUME_MAY_CHANGE and ck["config"].get(k, DEFAULTS[k]) != getattr(C, k)]
     if bad:
@@ -410,10 +411,9 @@ def load_checkpoint(path, metrics_path, model, optimizer, gens, C, rank, world, 
     if ddp:
         dist.barrier()  # every rank has checked the file before rank 0 truncates it
     if rank == 0:
-        with open(metrics_path, "r+b") as f:
-            f.truncate(ck["metrics_bytes"])  # drop rows written after the checkpoint
+        os.truncate(metrics_path, ck["metrics_bytes"])  # drop rows written after the checkpoint
     log0(rank, f"resumed from {path} at RL step {ck['step']}")
-    return ck["step"] + 1, ck["history"], time.time() - ck["wall_seconds"]
+    return ck["step"] + 1, ck["history"], time.time() - ck["wall_seconds"], ck.get("snapshots", [])
 
 
 def write_summary(C, task, metrics_path, step, history, wall, backend_used, world, device, config_files):

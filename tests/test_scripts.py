@@ -96,6 +96,9 @@ def test_compare_help_lists_its_keys():
         (["compare.py", "--lr=fast"], "compare.py: error: --lr: expected float"),
         (["compare.py", "--reference=gspo", "--methods=grpo,ctpo"], "compare.py: error: --reference: expected one of the methods run"),
         (["compare.py", "--lr=1,1.0"], "compare.py: error: --lr: expected distinct values"),
+        (["compare.py", "--methods=grpo,ctpo:ratio=nope"], "compare.py: error: --methods: 'ctpo:ratio=nope': "),
+        (["compare.py", "--methods=grpo,ctpo:ratio"], "compare.py: error: --methods: 'ctpo:ratio': expected method:knob=value"),
+        (["compare.py", "--methods=ctpo,ctpo:nope=1"], "compare.py: error: --methods: 'ctpo:nope=1': "),
         (["figure1.py", "--run=missing"], "figure1.py: error: --run: 'missing' has no metrics.jsonl"),
         (["figure1.py", "--steps=1-5"], "figure1.py: error: --steps: expected A:B"),
         (["figure1.py", "--bin=-1"], "figure1.py: error: --bin: need >= 0"),
@@ -245,12 +248,39 @@ def test_config_long_parses_and_is_long():
     assert 2 * C.n_pairs + 1 >= 128  # the target response, end token included
 
 
+def test_config_automaton_parses_and_has_one_update_per_rollout():
+    C = train_tiny.parse_config([os.path.join(ROOT, "config", "automaton.py")])
+    assert C.out_dir == "out-automaton" and C.task == "automaton" and C.rollout_lag == 0
+    assert C.num_minibatches == C.ppo_epochs == 1  # rollout_lag = k is then exactly k optimizer updates
+    assert train_tiny.parse_config([os.path.join(ROOT, "config", "automaton.py"), "--rollout_lag=8"]).rollout_lag == 8
+
+
 def test_compare_forwards_config_files_and_finds_the_sweep(tmp_path):
     cfg = write(tmp_path / "c.py", "rl_steps = 3\n")
     opts, files, extra, sweep = compare.parse([cfg, "--methods=grpo,ctpo", "--num_minibatches=1,4,16", "--fixed_window=(0.4, 3)"])
     assert files == [cfg] and extra == ["--fixed_window=(0.4, 3)"] and sweep == ("num_minibatches", ["1", "4", "16"])
     assert opts["reference"] == "ctpo" and opts["methods"] == ["grpo", "ctpo"] and opts["seeds"] == [1, 2, 3]
     assert compare.parse(["--methods=grpo,gspo"])[0]["reference"] == "grpo"  # no ctpo: the first method
+
+
+def test_compare_arms_carry_their_knobs_into_loss_kwargs(tmp_path):
+    opts = compare.parse(["--methods=grpo,ctpo,ctpo:ratio=token", "--rollout_lag=0,2"])[0]
+    assert opts["methods"] == ["grpo", "ctpo", "ctpo:ratio=token"] and opts["reference"] == "ctpo"
+    assert compare.arm_knobs("ctpo:ratio=token:clip_low=0.1") == {"ratio": "token", "clip_low": 0.1}
+    assert compare.arm_args("grpo", {"eps_low": 0.1}) == ["--method=grpo"]  # no knobs: the given loss_kwargs as they are
+    args = compare.arm_args("ctpo:ratio=token", {"clip_low": 0.1, "ratio": "cumulative"})  # the arm's knobs win
+    C = train_tiny.parse_config(args)
+    assert C.method == "ctpo" and C.loss_kwargs == {"clip_low": 0.1, "ratio": "token"}
+    assert compare.run_name("ctpo:ratio=token", 3, ("rollout_lag", ["0", "2"]), 2) == "ctpo+ratio=token-rollout_lag2-s3"
+
+
+def test_log_rho_var_by_hand():
+    # two steps; position 3 is reached by 2 of 4 responses (half: it is H), position 4 by 1 (not)
+    rows = [{"step": 0}, {"step": 1, "pos": {"n": [2, 2, 1, 1], "sum": [0, 0, 0.5, 1.0], "sumsq": [0, 0, 0.25, 1.0]}},
+            {"step": 2, "pos": {"n": [2, 2, 1], "sum": [0, 0, -0.5], "sumsq": [0, 0, 0.25]}}]  # fmt: skip
+    var, h = compare.log_rho_var(rows)
+    assert h == 3 and var == pytest.approx(0.25)  # log rho_3 = +0.5 and -0.5: mean 0, variance 0.25
+    assert compare.log_rho_var([{"step": 0}]) == (None, None)
 
 
 # -----------------------------------------------------------------------------
@@ -428,6 +458,13 @@ def test_analyse_pairs_by_seed():
     md = compare.markdown(table, paired, seeds, "num_minibatches", "note")
     assert f"| 1 | ctpo - grpo | 3 | 3.0 [{3 - half:.1f}, {3 + half:.1f}] |" in md and "## Sweep over num_minibatches" in md
     assert "reward over evals" not in md and "curve_gain" not in paired[0]  # the synthetic runs have no curves
+    # the sweep's own effect per method, paired by seed: gains at value 1 minus at 16 (ctpo: -10, -12, -20 points)
+    cost = compare.sweep_cost(runs, ["grpo", "ctpo"], seeds, [1, 16])
+    assert [(c["value"], c["comparison"]) for c in cost] == [(16, "grpo: at 1 - here"), (16, "ctpo: at 1 - here")]
+    assert cost[1]["acc_gain"]["mean"] == pytest.approx(-14.0, rel=1e-12) and cost[1]["acc_gain"]["sd"] == pytest.approx(math.sqrt(28))
+    assert cost[1]["reward_gain"]["mean"] == pytest.approx(0.0, abs=1e-12) and cost[1]["paired_warm_start"]
+    md = compare.markdown(table, paired, seeds, "num_minibatches", "note", cost)
+    assert "## The swept num_minibatches per method" in md and "| 16 | ctpo: at 1 - here | 3 | -14.0 [" in md
     # with the curves' means: a third paired gain (ctpo - grpo: 0.05 on every seed -> interval [0.05, 0.05])
     for (m, _, _), r in runs.items():
         r["reward_curve_mean"] = r["reward_before"] + 0.1 + (0.05 if m == "ctpo" else 0.0)

@@ -99,6 +99,43 @@ def test_pairs_task_targets_and_reward():
     assert sc("3e7b0j3e7b$", n=11)[1] and not sc("3e7b0j3e7b$$", n=12)[1]  # nothing may follow the end token
 
 
+def test_automaton_task_targets_and_reward():
+    task = tasks.make(vars(train_tiny.parse_config(["--task=automaton", "--n_pairs=3"])))
+    assert isinstance(task, tasks.Automaton) and task.n_pairs == 3 and task.max_new == 7
+    A = tasks.AUTOMATON.tolist()
+    assert A == [[2, 0, 1], [1, 2, 0], [0, 1, 2]]
+    assert all(sorted(row) == [0, 1, 2] for row in A) and all(sorted(col) == [0, 1, 2] for col in zip(*A))  # a Latin square
+    prompts, targets = task.batch(64, torch.Generator().manual_seed(0))
+    assert prompts.shape == (64, 1) and (prompts == tasks.EQ).all() and targets.shape == (64, 4)
+    for t in targets.tolist():  # each claim is the state the actions before it reached, from state 0
+        s = 0
+        for d in t[:3]:
+            assert d // 3 == s
+            s = A[s][d % 3]
+        assert t[3] == tasks.EOS
+    assert len(set(targets[:, 0].tolist())) == 3  # the first step: claim 0, any of the 3 actions
+
+    def sc(text, n=None):  # the response's tokens: digits, '$', letters (a letter is not a step)
+        r = torch.tensor([[tasks.VOCAB.index(ch) for ch in text]])
+        m = torch.zeros_like(r, dtype=torch.bool)
+        m[:, : n or r.size(1)] = True
+        reward, exact, length = task.score(r, m, targets[:1], 0.5)
+        return round(reward.item(), 6), exact.item(), length.item()
+
+    # by hand: 0 = (claim 0, action 0): state 0 -> A[0][0] = 2; 7 = (claim 2, action 1): 2 -> A[2][1] = 1;
+    # 5 = (claim 1, action 2): 1 -> 0; then the end token
+    assert sc("075$") == (1.0, True, 4)
+    assert sc("675$") == (round(0.5 * 3 / 4, 6), False, 4)  # claim 2 in state 0: wrong; action 0 still moves 0 -> 2
+    # the warm start's bigram carries a wrong claim on: 3 = (claim 1, action 0), then the claim A[1][0] = 1 with
+    # action 1 (4), then A[1][1] = 2 with action 2 (8); the actions took the walk 0 -> 2 -> 1: every claim wrong
+    assert sc("348$") == (round(0.5 * 1 / 4, 6), False, 4)
+    assert sc("a06$") == (round(0.5 * 3 / 4, 6), False, 4)  # a letter is a wrong step that leaves the state at 0
+    assert sc("07$") == (round(0.5 * 2 / 4, 6), False, 3)  # stopping early
+    assert sc("075") == (round(0.5 * 3 / 4, 6), False, 3)  # no end token
+    assert sc("075$$") == (0.5, False, 5) and sc("075$$", n=4)[1]  # nothing may follow the end token
+    assert task.vocab_size == tasks.LETTER0 and task.values == (0, 9)
+
+
 @pytest.mark.parametrize("name", sorted(tasks.TASKS))
 def test_task_interface(name):
     """Every task keeps the contract the training loop relies on (tasks.py's docstring): shapes, lengths that fit
@@ -219,21 +256,73 @@ def test_figure1_and_compare(tmp_path):
 
 
 # -----------------------------------------------------------------------------
+# rollout_lag: step s samples with the policy after step max(0, s - 1 - lag), and its log-probs are old_logp
+
+LAG = ["--num_minibatches=1", "--optimizer=sgd", "--lr=0.5", "--lr_warmup=0", "--rl_steps=3", "--eval_interval=10"]
+
+
+def no_time(out_dir):
+    return [{k: v for k, v in r.items() if k not in ("elapsed", "tok_per_s")} for r in rows(out_dir)]
+
+
+def test_rollout_lag_samples_with_the_policy_lag_steps_old(tmp_path):
+    # Lags 0, 1, 2 share the policy until they sample with different ones: step 1 samples with the warm start
+    # for every lag, step 2 with it for lag >= 1 (lag 0: step 1's policy), step 3 with step 1's for lag 1 and
+    # with the warm start's for lag 2. Same data and sampling RNG, so equal policies give identical rows, exactly.
+    for lag in (0, 1, 2):
+        run(str(tmp_path / f"lag{lag}"), *LAG, f"--rollout_lag={lag}")
+    r0, r1, r2 = (no_time(str(tmp_path / f"lag{lag}")) for lag in (0, 1, 2))
+    assert r0[:2] == r1[:2] == r2[:2] and r0[2] != r1[2]  # rows 0 (warm start) and 1; lag 0 differs from step 2
+    assert r1[2] == r2[2] and r1[3] != r2[3]
+    # one mini-batch per rollout: on-policy (ratio 1 up to float rounding: the KV-cache sampler and the batched forward
+    # round differently) exactly when the sampler is the current policy; lag 2 is 1 and 2 updates old at steps 2 and 3
+    off = lambda r: max(abs(r["ratio_max"] - 1), abs(r["ratio_min"] - 1))  # noqa: E731
+    assert all(off(r) < 1e-4 for r in r0[1:]) and off(r2[1]) < 1e-4
+    assert off(r2[2]) > 1e-2 and off(r2[3]) > 1e-2
+    # the checkpoint keeps the policies of the last lag + 1 steps, oldest first: after step 3, those after steps 0, 1, 2
+    snaps = state(str(tmp_path / "lag2"))["snapshots"]
+    assert len(snaps) == 3
+    for i in range(3):  # the same run stopped after step i (the last step only evaluates and saves: no random draw)
+        run(str(tmp_path / f"stop{i}"), *LAG, "--rollout_lag=2", f"--rl_steps={i}")
+        model = state(str(tmp_path / f"stop{i}"))["model"]
+        assert all(torch.equal(snaps[i][k], model[k]) for k in model), i
+
+
+def test_rollout_lag_changes_nothing_when_the_policy_stands_still(tmp_path):
+    # No reward at all (partial_credit 0, an untrained model never sorts 16+ digits): every advantage is exactly 0, so
+    # are the gradients and Adam's steps, and every lagged policy equals the current one. The lagged path (a copy of
+    # the model, snapshots loaded into it) must then give lag 0's run bit for bit: no extra random draws, the same samples.
+    common = [*LAG, "--optimizer=adam", "--sft_steps=0", "--partial_credit=0", "--rl_steps=4"]
+    run(str(tmp_path / "lag0"), *common)
+    run(str(tmp_path / "lag3"), *common, "--rollout_lag=3")
+    r0, r3 = no_time(str(tmp_path / "lag0")), no_time(str(tmp_path / "lag3"))
+    assert all(r["reward"] == 0.0 for r in r0[1:]) and r0 == r3
+    s0, s3 = state(str(tmp_path / "lag0")), state(str(tmp_path / "lag3"))
+    assert all(torch.equal(s0["model"][k], s3["model"][k]) for k in s0["model"])
+    assert len(s3["snapshots"]) == 4 and all(torch.equal(s3["snapshots"][0][k], s3["model"][k]) for k in s3["model"])
+
+
+# -----------------------------------------------------------------------------
 # resume: N steps straight == N/2 steps, stop, resume N/2 more
 
 
-def test_resume_is_exact(tmp_path):
+@pytest.mark.parametrize("lag", [0, 2])
+def test_resume_is_exact(tmp_path, lag):
+    # with rollout_lag > 0 the lagged policies are part of the checkpoint: step 3 samples with step 1's
     a, b = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    run(a, "--rl_steps=4", "--ckpt_interval=1")
-    run(b, "--rl_steps=2", "--ckpt_interval=1")
+    run(a, "--rl_steps=4", "--ckpt_interval=1", f"--rollout_lag={lag}")
+    run(b, "--rl_steps=2", "--ckpt_interval=1", f"--rollout_lag={lag}")
     # a crash after writing a metrics row but before the next checkpoint: the row must not be duplicated
     with open(os.path.join(b, "metrics.jsonl"), "a") as f:
         f.write(json.dumps({"step": 3, "reward": -1.0}) + "\n")
-    run(b, "--rl_steps=4", "--ckpt_interval=1", "--resume=True")
+    run(b, "--rl_steps=4", "--ckpt_interval=1", "--resume=True", f"--rollout_lag={lag}")
     sa, sb = state(a), state(b)
     assert sa["step"] == sb["step"] == 4
     for k in sa["model"]:
         assert torch.equal(sa["model"][k], sb["model"][k]), k
+    assert len(sa["snapshots"]) == len(sb["snapshots"]) == (lag + 1 if lag else 0)
+    for x, y in zip(sa["snapshots"], sb["snapshots"]):
+        assert all(torch.equal(x[k], y[k]) for k in x)
     for i, st in sa["optimizer"]["state"].items():
         for k in st:
             assert torch.equal(st[k], sb["optimizer"]["state"][i][k]), (i, k)
@@ -249,6 +338,8 @@ def test_resume_refuses_a_changed_config(tmp_path):
     run(out, "--rl_steps=1")
     with pytest.raises(train_tiny.ConfigError, match="lr"):
         run(out, "--rl_steps=2", "--resume=True", "--lr=0.5")
+    with pytest.raises(train_tiny.ConfigError, match="rollout_lag differ"):
+        run(out, "--rl_steps=2", "--resume=True", "--rollout_lag=1")
     with pytest.raises(train_tiny.ConfigError, match="no checkpoint"):
         run(str(tmp_path / "missing"), "--resume=True")
 
@@ -294,10 +385,11 @@ def test_ddp_matches_single_process(tmp_path):
     assert r2["reward"] == pytest.approx(r1["reward"], rel=1e-6) and r1["pos"]["n"] == r2["pos"]["n"]
 
 
-def test_ddp_resume_is_exact(tmp_path):
-    # 2 ranks, each with its own data and sampling RNG: the checkpoint holds every rank's RNG state
+@pytest.mark.parametrize("lag", [0, 2])
+def test_ddp_resume_is_exact(tmp_path, lag):
+    # 2 ranks, each with its own data and sampling RNG: the checkpoint holds every rank's RNG state (and the lagged policies)
     a, b = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    common = [*TINY, "--n_prompts=8", "--ckpt_interval=1"]
+    common = [*TINY, "--n_prompts=8", "--ckpt_interval=1", f"--rollout_lag={lag}"]
     for out, extra in ((a, ["--rl_steps=4"]), (b, ["--rl_steps=2"]), (b, ["--rl_steps=4", "--resume=True"])):
         r = subprocess.run(
             [*TORCHRUN, "train_tiny.py", f"--out_dir={out}", *common, *extra],
@@ -313,6 +405,7 @@ def test_ddp_resume_is_exact(tmp_path):
     for k in sa["model"]:
         assert torch.equal(sa["model"][k], sb["model"][k]), k
     assert [x["step"] for x in rows(b)] == [0, 1, 2, 3, 4]
+    assert [x.get("reward") for x in rows(a)] == [x.get("reward") for x in rows(b)]
 
 
 TEARDOWN_CHECK = """
@@ -377,6 +470,7 @@ def test_ddp_teardown_frees_the_process_group(tmp_path):
         ("--n_prompts=6", "multiple of num_minibatches"),
         ("--min_digits=30", "--min_digits/--max_digits"),
         ("--fixed_window=(2.0, 5.0)", "--fixed_window"),
+        ("--rollout_lag=-1", "--rollout_lag: need >= 0"),
         ("lr=1", "expected --key=value"),
     ],
 )
