@@ -465,13 +465,25 @@ def plot(path, methods, seeds, values, sweep, curves, table, paired, task="sort"
         else:
             ax.errorbar([x], [d["mean"]], yerr=[[d["mean"] - d["lo"]], [d["hi"] - d["mean"]]], fmt="o", capsize=3, **kw)
 
+    def varies(xs):  # a panel whose numbers are all equal says nothing (greedy exact match at 100% from the start)
+        xs = [x for x in xs if x is not None]
+        return bool(xs) and max(xs) - min(xs) > 1e-12
+
     present = paired[0] if paired else (table[0] if table else {})  # the gains analyse() computed (one method: no pairs)
     gains = [(g, label) for g, label in PLOT_GAINS if g in present]
-    rows = max(3, len(gains))
+    gains = [
+        (g, label)
+        for g, label in gains
+        if varies([x for r in table for x in r[g]] + [p[g][k] for p in paired for k in ("mean", "lo", "hi")])
+    ]
+    curve_keys = (("acc", 100.0, "held-out exact match, greedy (%)"), ("eval_reward", 1.0, "held-out reward (sampled)"),
+                  ("reward", 1.0, "rollout reward (10-step mean)"))  # fmt: skip
+    if sweep is None:
+        curve_keys = [c for c in curve_keys if varies([r.get(c[0]) for run in curves.values() for r in run])]
+    rows = max(len(curve_keys) if sweep is None else 0, len(gains), 1)
+    seed_text = f"seeds {seeds}" if len(seeds) <= 5 else f"{len(seeds)} seeds ({seeds[0]}-{seeds[-1]})"
     fig, axes = plt.subplots(rows, 2, figsize=(12, 2.9 * rows), squeeze=False)
     if sweep is None:
-        curve_keys = (("acc", 100.0, "held-out exact match, greedy (%)"), ("eval_reward", 1.0, "held-out reward (sampled)"),
-                      ("reward", 1.0, "rollout reward (10-step mean)"))  # fmt: skip
         for k, method in enumerate(methods):
             for ax, (key, scale, _) in zip(axes[:, 0], curve_keys):
                 per_seed = [{r["step"]: scale * r[key] for r in curves[(method, s, None)] if r.get(key) is not None} for s in seeds]
@@ -483,7 +495,7 @@ def plot(path, methods, seeds, values, sweep, curves, table, paired, task="sort"
                 ax.fill_between(steps, [m - s for m, s in ms], [m + s for m, s in ms], color=f"C{k}", alpha=0.15)
         for ax, (_, _, label) in zip(axes[:, 0], curve_keys):
             ax.set_ylabel(label, fontsize=9)
-        axes[0, 0].set_title(f"{task} toy: mean +- std over seeds {seeds}", fontsize=10)
+        axes[0, 0].set_title(f"{task} toy: mean +- std over {seed_text}", fontsize=10)
         axes[0, 0].legend(fontsize=8, loc="best")
         axes[len(curve_keys) - 1, 0].set_xlabel("RL step")
         for ax, (g, label) in zip(axes[:, 1], gains):
@@ -509,7 +521,7 @@ def plot(path, methods, seeds, values, sweep, curves, table, paired, task="sort"
             a2.axhline(0, color="gray", lw=0.8)
             for ax in (a1, a2):
                 ax.set_xticks(range(len(values)), [str(v) for v in values])
-        axes[0, 0].set_title(f"{task} toy: sweep over {key}, seeds {seeds}", fontsize=10)
+        axes[0, 0].set_title(f"{task} toy: sweep over {key}, {seed_text}", fontsize=10)
         axes[0, 0].legend(fontsize=8)
         if paired:
             axes[0, 1].legend(fontsize=8)

@@ -212,7 +212,7 @@ def train(C, rank, world, device, ddp, t_start, config_files):
     raw_model = ctpo.GPT(gconf).to(device)
     model = DDP(raw_model, device_ids=[device.index] if device.type == "cuda" else None) if ddp else raw_model
     optimizer = (torch.optim.Adam if C.optimizer == "adam" else torch.optim.SGD)(raw_model.parameters(), lr=C.lr)
-    sampler = copy.deepcopy(raw_model) if C.rollout_lag else raw_model  # rollout_lag: a copy that holds the lagged policy
+    sampler = copy.deepcopy(raw_model).eval() if C.rollout_lag else raw_model  # rollout_lag: a copy that holds the lagged policy
 
     def evaluate(show):  # held-out greedy exact match and sampled reward (tasks.evaluate), each rank on its shard
         p, t = eval_prompts[rank::world].to(device), eval_targets[rank::world].to(device)
