@@ -450,6 +450,29 @@ PLOT_GAINS = (("acc_gain", "held-out acc gain (points)"), ("reward_gain", "held-
               ("curve_gain", "held-out reward over evals, gain"))  # fmt: skip
 
 
+CURVE_KEYS = (("acc", 100.0, "held-out exact match, greedy (%)"), ("eval_reward", 1.0, "held-out reward (sampled)"),
+              ("reward", 1.0, "rollout reward (10-step mean)"))  # fmt: skip
+
+
+def panels(table, paired, curves, sweep):
+    """The panels worth drawing: (curve keys, gains) whose numbers are not all equal (greedy exact match at 100% from
+    the start, or a gain of 0 on every run, says nothing); no curves for a sweep."""
+
+    def varies(xs):
+        xs = [x for x in xs if x is not None]
+        return bool(xs) and max(xs) - min(xs) > 1e-12
+
+    present = paired[0] if paired else (table[0] if table else {})  # the gains analyse() computed (one method: no pairs)
+    gains = [(g, label) for g, label in PLOT_GAINS if g in present]
+    gains = [
+        (g, label)
+        for g, label in gains
+        if varies([x for r in table for x in r[g]] + [p[g][k] for p in paired for k in ("mean", "lo", "hi")])
+    ]
+    keys = [c for c in CURVE_KEYS if varies([r.get(c[0]) for run in curves.values() for r in run])] if sweep is None else []
+    return keys, gains
+
+
 def plot(path, methods, seeds, values, sweep, curves, table, paired, task="sort"):
     """No sweep: left, the curves (held-out greedy exact match, held-out sampled reward, rollout reward; mean +- std
     over seeds); right, each paired gain's mean and 95% interval. A sweep: per gain, its mean +- std against the
@@ -465,21 +488,7 @@ def plot(path, methods, seeds, values, sweep, curves, table, paired, task="sort"
         else:
             ax.errorbar([x], [d["mean"]], yerr=[[d["mean"] - d["lo"]], [d["hi"] - d["mean"]]], fmt="o", capsize=3, **kw)
 
-    def varies(xs):  # a panel whose numbers are all equal says nothing (greedy exact match at 100% from the start)
-        xs = [x for x in xs if x is not None]
-        return bool(xs) and max(xs) - min(xs) > 1e-12
-
-    present = paired[0] if paired else (table[0] if table else {})  # the gains analyse() computed (one method: no pairs)
-    gains = [(g, label) for g, label in PLOT_GAINS if g in present]
-    gains = [
-        (g, label)
-        for g, label in gains
-        if varies([x for r in table for x in r[g]] + [p[g][k] for p in paired for k in ("mean", "lo", "hi")])
-    ]
-    curve_keys = (("acc", 100.0, "held-out exact match, greedy (%)"), ("eval_reward", 1.0, "held-out reward (sampled)"),
-                  ("reward", 1.0, "rollout reward (10-step mean)"))  # fmt: skip
-    if sweep is None:
-        curve_keys = [c for c in curve_keys if varies([r.get(c[0]) for run in curves.values() for r in run])]
+    curve_keys, gains = panels(table, paired, curves, sweep)
     rows = max(len(curve_keys) if sweep is None else 0, len(gains), 1)
     seed_text = f"seeds {seeds}" if len(seeds) <= 5 else f"{len(seeds)} seeds ({seeds[0]}-{seeds[-1]})"
     fig, axes = plt.subplots(rows, 2, figsize=(12, 2.9 * rows), squeeze=False)
@@ -496,8 +505,9 @@ def plot(path, methods, seeds, values, sweep, curves, table, paired, task="sort"
         for ax, (_, _, label) in zip(axes[:, 0], curve_keys):
             ax.set_ylabel(label, fontsize=9)
         axes[0, 0].set_title(f"{task} toy: mean +- std over {seed_text}", fontsize=10)
-        axes[0, 0].legend(fontsize=8, loc="best")
-        axes[len(curve_keys) - 1, 0].set_xlabel("RL step")
+        if curve_keys:
+            axes[0, 0].legend(fontsize=8, loc="best")
+            axes[len(curve_keys) - 1, 0].set_xlabel("RL step")
         for ax, (g, label) in zip(axes[:, 1], gains):
             for i, p in enumerate(paired):
                 errbar(ax, i, p[g], color=f"C{methods.index(p['method'])}")

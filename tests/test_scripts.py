@@ -480,6 +480,19 @@ def test_analyse_pairs_by_seed():
     assert not compare.analyse(runs, ["grpo", "ctpo"], seeds, "ctpo", values=[1])[1][0]["paired_warm_start"]
 
 
+def test_plot_leaves_out_panels_whose_numbers_are_all_equal():
+    """A greedy exact match at 100% from the start (its curve flat, its gain 0 on every run) gets no panel; the
+    sampled reward, which moves, keeps its curve and its paired gain."""
+    seeds = [1, 2]
+    runs = {(m, s, None): summary(1.0, 1.0, 0.5, 0.6 + 0.01 * s + 0.02 * (m == "ctpo")) for m in ("grpo", "ctpo") for s in seeds}
+    curve = [{"step": 0, "acc": 1.0, "eval_reward": 0.5, "reward": 0.4}, {"step": 10, "acc": 1.0, "eval_reward": 0.6, "reward": 0.5}]
+    curves = {(m, s, None): curve for m in ("grpo", "ctpo") for s in seeds}
+    table, paired = compare.analyse(runs, ["grpo", "ctpo"], seeds, "ctpo")
+    keys, gains = compare.panels(table, paired, curves, None)
+    assert [k for k, _, _ in keys] == ["eval_reward", "reward"] and [g for g, _ in gains] == ["reward_gain"]
+    assert compare.panels(table, paired, curves, ("rollout_lag", ["0"]))[0] == []  # a sweep draws no curves
+
+
 def test_plots_of_a_comparison_and_a_sweep(tmp_path):
     """compare.plot on synthetic runs: the curves + paired intervals, and the sweep's panels, write a PNG each."""
     seeds = [1, 2]
