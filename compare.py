@@ -500,7 +500,17 @@ def plot(path, methods, seeds, values, sweep, curves, table, paired, task="sort"
                 if key == "reward":  # smooth the noisy per-step rollout reward over 10 steps
                     per_seed = [{st: sum(d.get(x, d[st]) for x in range(st - 9, st + 1)) / 10 for st in steps} for d in per_seed]
                 ms = [mean_std([d[st] for d in per_seed]) for st in steps]
-                ax.plot(steps, [m for m, _ in ms], "o-" if key == "eval_reward" else "-", ms=3, color=f"C{k}", label=method, lw=1.4)
+                style = ("-", "--", "-.", ":")[k % 4]  # equal methods' lines lie on each other: the dashes tell them apart
+                ax.plot(
+                    steps,
+                    [m for m, _ in ms],
+                    style,
+                    marker="o" if key == "eval_reward" else None,
+                    ms=3,
+                    color=f"C{k}",
+                    label=method,
+                    lw=1.4,
+                )
                 ax.fill_between(steps, [m - s for m, s in ms], [m + s for m, s in ms], color=f"C{k}", alpha=0.15)
         for ax, (_, _, label) in zip(axes[:, 0], curve_keys):
             ax.set_ylabel(label, fontsize=9)
