@@ -228,24 +228,10 @@ def plot(results, path, fixed_window):
                 t, [b["delta_std"] for b in bins], "x--", color=c, ms=4, lw=0.8, alpha=0.7, label=f"{method}: std of the per-token delta_t"
             )
         ls = "-" if k == 0 else ":"
-        a2.plot(
-            t,
-            [100 * b["clip_fixed"] for b in bins],
-            ls,
-            marker="s",
-            ms=3,
-            color="C3",
-            label=f"{method} run's log rho_t, counted in the fixed window [{lo}, {hi}]",
-        )
-        a2.plot(
-            t,
-            [100 * b["clip_adaptive"] for b in bins],
-            ls,
-            marker="o",
-            ms=3,
-            color="C0",
-            label=f"{method} run's log rho_t, counted in CTPO's sqrt(t) window",
-        )
+        for key, marker, color, window in (("clip_fixed", "s", "C3", f"the fixed window [{lo}, {hi}]"),
+                                           ("clip_adaptive", "o", "C0", "CTPO's sqrt(t) window")):  # fmt: skip
+            label = f"{method} run's log rho_t, counted in {window}"
+            a2.plot(t, [100 * b[key] for b in bins], ls, marker=marker, ms=3, color=color, label=label)
     a1.set_ylabel("std of log rho_t (and of delta_t)")
     a1.set_title("Figure 1 on the toy: cumulative log-ratio spread and clipping vs position", fontsize=10)
     a1.legend(fontsize=7.5, loc="upper left")
