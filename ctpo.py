@@ -18,7 +18,8 @@ log rho_t is a random walk: its spread grows like sqrt(t). So CTPO clips in log 
 with the 1-indexed response position t:  log rho_t in [-clip_low * t^p, clip_high * t^p].
 
 Sections: model | sampling, log-probs | advantages | ratios | clipping | the loss (token_losses, aggregate,
-policy_loss) | what a reader may skip: presets, checks, metrics, the call into the fused kernel.
+policy_loss) | what a reader may skip: knob checks, metrics, the call into the fused kernel (input checks:
+ctpo_checks.py; the kernel's Python side: ctpo_ext.py).
 """
 
 import math
@@ -29,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import ctpo_ext  # the fused op (csrc/): its loader and conventions; importing it builds nothing
+from ctpo_checks import AGGS, BACKENDS, check_inputs, check_values  # noqa: F401 (input checks: skippable; BACKENDS public)
 
 # -----------------------------------------------------------------------------
 # The policy: a tiny tokenizer-free GPT (nanoGPT, minus the parts a toy does not need)
@@ -299,8 +301,6 @@ METHODS = {  # every knob can be overridden by keyword in policy_loss
     "ctpo-geomean": dict(ratio="cumulative-geomean", clip="adaptive", clip_low=0.025, clip_high=0.05, clip_c=0.05, power=-0.5),
 }
 COMMON = dict(geomean=False, stop_gradient=True, delta_max=20.0, log_w_max=10.0)  # paper: clamp delta to +-20, log rho <= 10
-AGGS = ("token-mean", "token-sum", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
-BACKENDS = ("python", "ext", "auto")
 
 
 def importance_log_weights(logp, old_logp, mask, cfg):
@@ -416,8 +416,8 @@ def policy_loss(
 
 
 # =============================================================================
-# What a reader may skip: method presets and knob checks, input checks, metrics, and the call into the fused
-# extension (csrc/, loaded by ctpo_ext.py)
+# What a reader may skip: the knobs' defaults and checks, metrics, and the fused op's arguments (the input checks
+# are in ctpo_checks.py, the op's Python side in ctpo_ext.py)
 
 RATIOS = {
     "token": token_ratio, "sequence": sequence_ratio, "gspo": gspo_ratio, "cumulative": cumulative_ratio,
@@ -480,83 +480,6 @@ def _method_config_cached(method, knobs):
     if len(_CONFIGS) < 256:
         _CONFIGS[key] = cfg
     return cfg
-
-
-def check_inputs(logp, old_logp, advantages, mask, agg, backend, counts, ref_logp, beta, rollout_is_weights):
-    """Validate types, shapes, devices and scalar arguments once, for both backends (values: `check_values` or the
-    kernel's pass). counts: (num_tokens, num_seqs, loss_scale_factor). Returns mask (bool), old_logp, the advantages
-    ((B,) or (B, T)), ref_logp (None when beta = 0), rollout_is_weights, all without gradient: only logp gets one."""
-    if not (isinstance(beta, (int, float)) and 0 <= beta < math.inf):
-        raise ValueError(f"beta: expected a finite number >= 0, got {beta!r}")
-    if beta != 0 and ref_logp is None:
-        raise ValueError("ref_logp: required when beta != 0")
-    for name, x, known in (("backend", backend, BACKENDS), ("agg", agg, AGGS)):
-        if x not in known:
-            raise ValueError(f"{name}: unknown {x!r}; expected one of {list(known)}")
-    ref_logp = ref_logp if beta != 0 else None  # without the KL term it is not used
-    if isinstance(logp, torch.Tensor) and logp.dim() != 2:
-        raise ValueError(f"logp: expected shape (B, T), got {tuple(logp.shape)}")
-    device, shape = getattr(logp, "device", None), getattr(logp, "shape", None)
-    for name, x in (("logp", logp), ("old_logp", old_logp), ("advantages", advantages), ("mask", mask), ("ref_logp", ref_logp),
-                    ("rollout_is_weights", rollout_is_weights)):  # fmt: skip
-        if x is None and name in ("ref_logp", "rollout_is_weights"):
-            continue
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
-        if name != "mask" and not x.is_floating_point():
-            raise TypeError(f"{name}: expected a floating dtype (float16/bfloat16/float32/float64), got {x.dtype}")
-        if x.device != device:
-            raise ValueError(f"{name}: expected device {device} like logp, got {x.device}")
-        if name != "advantages" and x.shape != shape:
-            raise ValueError(f"{name}: expected shape {tuple(shape)} like logp, got {tuple(x.shape)}")
-    if advantages.shape != shape:
-        if advantages.shape == (shape[0], 1):  # TRL's advantages.unsqueeze(1), verl's broadcasting: one per row
-            advantages = advantages[:, 0]
-        if advantages.shape != shape[:1]:
-            raise ValueError(f"advantages: expected shape ({shape[0]},), ({shape[0]}, 1) or {tuple(shape)}, got {tuple(advantages.shape)}")
-    if mask.dtype != torch.bool:
-        if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
-            raise ValueError(f"mask: expected bool or 0/1 values, got dtype {mask.dtype} with other values")
-        mask = mask != 0
-    for name, x in zip(("num_tokens", "num_seqs", "loss_scale_factor"), counts) if counts != (None, None, None) else ():
-        if isinstance(x, torch.Tensor):  # a global count (a sum over ranks): on a GPU or in a graph checked without a host sync
-            if x.numel() != 1 or x.device not in (device, torch.device("cpu")):
-                raise ValueError(f"{name}: expected a number or a one-element tensor (on {device} or cpu), got {tuple(x.shape)} {x.device}")
-            ok = (torch.isfinite(x) & (x >= 0)).reshape(())
-            if torch.compiler.is_compiling() or x.device.type != "cpu":
-                torch._assert_async(ok, f"{name}: expected a finite count >= 0")
-            elif not bool(ok):
-                raise ValueError(f"{name}: expected a finite count >= 0, got {x.item()!r}")
-        elif x is not None and not (isinstance(x, (int, float)) and 0 <= x < math.inf):
-            raise ValueError(f"{name}: expected a finite count >= 0 (or None), got {x!r}")
-    if ref_logp is not None:  # the KL term is not in the fused op: its input's values are checked here on both backends
-        ref_logp = ref_logp.detach()
-        if not bool(torch.isfinite(torch.where(mask, ref_logp, 0.0)).all()):
-            raise ValueError("ref_logp: expected finite values at every mask=1 position")
-        if logp.numel() > 0:
-            ctpo_ext.check_logp_max("ref_logp", torch.where(mask, ref_logp, -math.inf).amax().item())
-    if old_logp.requires_grad or advantages.requires_grad or (rollout_is_weights is not None and rollout_is_weights.requires_grad):
-        old_logp, advantages = old_logp.detach(), advantages.detach()
-        rollout_is_weights = rollout_is_weights.detach() if rollout_is_weights is not None else None
-    return mask, old_logp, advantages, ref_logp, rollout_is_weights
-
-
-def check_values(logp, old_logp, adv, mask, rollout_is_weights=None):
-    """The Python backend's value checks (the kernel makes the same in its pass): ValueError naming a negative or
-    non-finite rollout weight, then the first of logp, old_logp, advantages with a NaN or inf at a mask=1 position,
-    then the first of logp, old_logp above ctpo_ext.LOGP_MARGIN there (probabilities or logits?)."""
-    if rollout_is_weights is not None and not bool((~mask | (torch.isfinite(rollout_is_weights) & (rollout_is_weights >= 0))).all()):
-        raise ValueError("rollout_is_weights: expected finite non-negative values at every mask=1 position")
-    adv = adv[:, None].expand_as(logp) if adv.dim() == 1 else adv
-    # one pass for the common case (a NaN or inf in any input makes the sum non-finite), then find which
-    if not bool(torch.isfinite(torch.where(mask, logp.detach().float() + old_logp.float() + adv.float(), 0.0)).all()):
-        for name, x in (("logp", logp), ("old_logp", old_logp), ("advantages", adv)):
-            if not bool(torch.isfinite(torch.where(mask, x.detach(), 0.0)).all()):
-                raise ValueError(f"{name}: NaN or inf at a mask=1 position")
-    largest = torch.where(mask, torch.maximum(logp.detach().float(), old_logp.float()), -math.inf)
-    if logp.numel() > 0 and bool(largest.amax() > ctpo_ext.LOGP_MARGIN):
-        for name, x in (("logp", logp), ("old_logp", old_logp)):
-            ctpo_ext.check_logp_max(name, torch.where(mask, x.detach(), -math.inf).amax().item())
 
 
 def _at_least_one(count, like):

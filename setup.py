@@ -62,7 +62,7 @@ setup(
     name="ctpo",
     version="0.1.0",
     description="CTPO (Cumulative Token Policy Optimization): reference implementation with a fused C++/CUDA loss kernel",
-    py_modules=["ctpo", "ctpo_ext", "ctpo_trl", "ctpo_verl"],  # ctpo_verl: the verl.plugins entry point below imports it
+    py_modules=["ctpo", "ctpo_checks", "ctpo_ext", "ctpo_trl", "ctpo_verl"],  # ctpo_verl: the verl.plugins entry point below imports it
     # the kernel's sources, for the JIT build of an installed copy (ctpo_ext looks for csrc/ beside it, then ctpo_csrc/)
     packages=["ctpo_csrc"],
     package_dir={"ctpo_csrc": "csrc"},
