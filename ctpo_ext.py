@@ -187,7 +187,6 @@ def supports_device(device_type):
     return device_type == "cpu" or (device_type == "cuda" and _with_cuda)
 
 
-@torch.compiler.assume_constant_result  # run eagerly, also while torch.compile traces ctpo.policy_loss: a build cannot be traced
 def problem(device_type):
     """Why the fused op cannot run on `device_type` tensors, or None; never raises. Loads (builds) on first use."""
     try:
@@ -197,6 +196,11 @@ def problem(device_type):
     except Exception as e:  # a missing compiler, a failed build
         return f"the extension could not be loaded ({e}); build it with `pip install --no-build-isolation -e .`"
     return None
+
+
+# Run eagerly, also while torch.compile traces ctpo.policy_loss (a build cannot be traced): the mark that
+# torch.compiler.assume_constant_result sets, set here without it, because it imports torch._dynamo (1.5 s per process)
+problem._dynamo_marked_constant = True
 
 
 def _older_than_sources(path):
