@@ -1,7 +1,7 @@
 """
-A toy RL run that learns in under a minute on a CPU: a supervised warm start, then CTPO (or GRPO, GSPO, ...).
+A toy RL run that learns in about half a minute on a CPU: a supervised warm start, then CTPO (or GRPO, GSPO, ...).
 
-The task (tasks.py): sort 16-20 digits, '...31415926535897932=  ->  11233455567899999$' (17-21 response tokens, the end token
+The task (tasks.py): sort 10-14 digits, '....3141592653=  ->  1123345569$' (11-15 response tokens, the end token
 included; one wrong count makes the answer wrong). config/long.py: 137-token answers (docs/toy.md). config/automaton.py: a walk
 on an automaton, where credit is entangled, and rollouts sampled by a policy rollout_lag steps old (docs/lag.md).
 
@@ -46,7 +46,7 @@ from configurator import ConfigError
 out_dir = "out-tiny"  # all outputs go here (other files in it are left alone)
 overwrite = False  # True: delete this script's previous outputs in out_dir first (else they are an error)
 resume = False  # True: continue from out_dir/ckpt.pt (rl_steps and the I/O keys may change, the rest must match)
-eval_interval = 25  # evaluate held-out greedy accuracy every this many RL steps (and at the start and end)
+eval_interval = 50  # evaluate held-out greedy accuracy every this many RL steps (and at the start and end)
 ckpt_interval = 50  # write ckpt.pt every this many RL steps (and at the end); 0: only at the end
 n_mistakes = 3  # how many held-out mistakes to print at the first and last evaluation
 seed = 1337  # model init, training data, sampling
@@ -54,8 +54,8 @@ device = "auto"  # auto | cpu | cuda (auto: cuda if available)
 threads = 1  # CPU threads per process (0: torch's default, one per core); 1: steady on a busy machine, see docs/toy.md
 # task (tasks.py)
 task = "sort"  # sort (sort digits) | pairs (the long-response toy of config/long.py) | automaton (config/automaton.py: a walk)
-min_digits = 16  # sort: shortest digit string (the response is one token longer: the end token)
-max_digits = 20  # sort: longest digit string
+min_digits = 10  # sort: shortest digit string (the response is one token longer: the end token)
+max_digits = 14  # sort: longest digit string
 n_pairs = 68  # pairs: pairs per answer (the response is 2 n_pairs + 1 tokens: the end token); automaton: steps (n_pairs + 1 tokens)
 partial_credit = 0.5  # reward = (1 - partial_credit) * exact_match + partial_credit * fraction of positions (pairs) right
 eval_size = 512  # held-out prompts (greedy exact match)
@@ -65,7 +65,7 @@ n_layer = 2  # transformer blocks
 n_head = 4  # attention heads
 n_embd = 64  # embedding width
 # phase 1: supervised warm start
-sft_steps = 150  # deliberately short: the policy should come out imperfect
+sft_steps = 100  # deliberately short: the policy should come out imperfect
 sft_batch = 64  # sequences per step
 sft_lr = 2e-3  # AdamW, cosine decay to sft_lr / 10
 teacher_noise = 0.0  # the warm start's teacher replaces each supervised answer digit (pairs: value) by a random one with
@@ -74,7 +74,7 @@ teacher_noise = 0.0  # the warm start's teacher replaces each supervised answer 
 method = "ctpo"  # grpo | gspo | sequence | ctpo | ctpo-fixed | ctpo-geomean (ctpo.policy_loss)
 backend = "python"  # python | ext | auto (ext if the fused kernel builds, else python with a warning)
 loss_kwargs = {}  # overrides of the method's knobs, e.g. --loss_kwargs="{'eps_low': 3e-4, 'eps_high': 4e-4}" (ctpo.policy_loss)
-rl_steps = 400  # rollouts
+rl_steps = 200  # rollouts
 n_prompts = 16  # prompts per rollout (over all ranks)
 group_size = 8  # completions per prompt (G); the advantage is relative to the group
 num_minibatches = 4  # optimizer steps per epoch over one rollout; all but the first are off-policy
@@ -85,7 +85,7 @@ optimizer = "adam"  # adam | sgd (Adam: betas (0.9, 0.999), eps 1e-8; sgd: the u
 lr = 1e-4  # RL learning rate, constant after a linear warmup
 lr_warmup = 10  # RL steps of linear warmup (a fresh Adam's first steps are sign-like: +-lr on every weight)
 temperature = 0.5  # sampling temperature, also used by the log-probs in the loss; below 1 so that exploration
-#                   goes to the genuinely uncertain tokens, not to noise on 19 confident ones (T = 1 barely learns)
+#                   goes to the genuinely uncertain tokens, not to noise on a dozen confident ones (T = 1 barely learns)
 adv_scale = True  # divide the advantage by the group std (GRPO); False: Dr. GRPO
 agg = "token-mean"  # loss aggregation (ctpo.AGGS); token-mean divides by the global token count
 grad_clip = 1.0  # max grad norm; 0: off

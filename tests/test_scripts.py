@@ -189,7 +189,7 @@ def test_config_file_sets_defaults_and_the_command_line_wins(tmp_path):
     "text, message",
     [
         ("lr = 1e-4\nlearning_rate = 3\n", "{path}: unknown config key 'learning_rate'; valid keys: out_dir"),
-        ("rl_steps = 2.5\n", "{path}: rl_steps: expected int (like the default 400), got float 2.5"),
+        ("rl_steps = 2.5\n", "{path}: rl_steps: expected int (like the default 200), got float 2.5"),
         ("adv_scale = 1\n", "{path}: adv_scale: expected bool"),
         ("lr = 'fast'\n", "{path}: lr: expected float"),
         ("lr = = 1\n", "{path}:1: SyntaxError"),

@@ -45,7 +45,7 @@ def state(out_dir):
 
 
 def test_task_targets_and_reward():
-    task = tasks.Sort(16, 20)
+    task = tasks.Sort(16, 20)  # not the default 10-14: any range
     prompts, targets = task.batch(64, torch.Generator().manual_seed(0))
     assert prompts.shape == targets.shape == (64, 20 + 1)
     for p, t in zip(prompts.tolist(), targets.tolist()):
@@ -186,7 +186,7 @@ def test_pairs_smoke(tmp_path):
 
 
 def test_heldout_split_is_fixed_and_excluded():
-    task = tasks.Sort(16, 20)
+    task = tasks.Sort(16, 20)  # not the default 10-14: any range
     C = train_tiny.parse_config(["--seed=7"])
     a, _ = task.batch(32, torch.Generator().manual_seed(C.eval_seed))
     b, _ = task.batch(32, torch.Generator().manual_seed(train_tiny.DEFAULTS["eval_seed"]))
@@ -289,7 +289,7 @@ def test_rollout_lag_samples_with_the_policy_lag_steps_old(tmp_path):
 
 
 def test_rollout_lag_changes_nothing_when_the_policy_stands_still(tmp_path):
-    # No reward at all (partial_credit 0, an untrained model never sorts 16+ digits): every advantage is exactly 0, so
+    # No reward at all (partial_credit 0, an untrained model never sorts 10+ digits): every advantage is exactly 0, so
     # are the gradients and Adam's steps, and every lagged policy equals the current one. The lagged path (a copy of
     # the model, snapshots loaded into it) must then give lag 0's run bit for bit: no extra random draws, the same samples.
     common = [*LAG, "--optimizer=adam", "--sft_steps=0", "--partial_credit=0", "--rl_steps=4"]
