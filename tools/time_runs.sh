@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Times train_tiny.py's default run and config/long.py, each alone (idle machine) and with one CPU-bound process
 # beside it, at --threads=1 (the default) and --threads=2, and prints a table: wall time, CPU time (user + sys),
-# the time to the first progress line and the longest gap between two lines. Run it on an otherwise quiet machine
+# the time to the first progress line, the longest gap between two lines, and what the run learned (held-out
+# accuracy and reward before -> after, from its summary.json). Run it on an otherwise quiet machine
 # (it says the load average before each run); the numbers in docs/toy.md ("Speed") come from it.
 #
-#     bash tools/time_runs.sh            # default run and long run: about 12 minutes on 2 idle cores
-#     bash tools/time_runs.sh --quick    # the default run only: about 4 minutes
+#     bash tools/time_runs.sh            # default run and long run: about 10 minutes on 2 idle cores
+#     bash tools/time_runs.sh --quick    # the default run only: about 3 minutes
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -23,7 +24,7 @@ timed() {  # name, threads, load (idle|hog), args...
     local name=$1 threads=$2 load=$3
     shift 3
     "$PY" - "$name" "$threads" "$load" "$@" <<'EOF'
-import os, resource, subprocess, sys, time
+import json, os, resource, subprocess, sys, time
 name, threads, load, args = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 t0 = time.time()
 p = subprocess.Popen([sys.executable, "train_tiny.py", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -35,8 +36,14 @@ rc = p.wait()
 wall = time.time() - t0
 ru = resource.getrusage(resource.RUSAGE_CHILDREN)
 gaps = [b - a for a, b in zip([0.0] + stamps, stamps)]
+out = [a.split("=", 1)[1] for a in args if a.startswith("--out_dir=")][-1]
+try:  # what the run learned: a thread count or a CPU changes a single run's result, not only its time
+    s = json.load(open(os.path.join(out, "summary.json")))
+    result = f"acc {100 * s['accuracy_before']:.1f} -> {100 * s['accuracy_after']:.1f}%, reward {s['reward_before']:.3f} -> {s['reward_after']:.3f}"
+except (OSError, KeyError, ValueError):
+    result = "-"
 print(f"| {name} | {threads} | {load} | {wall:.1f} | {ru.ru_utime + ru.ru_stime:.1f} | {stamps[0] if stamps else float('nan'):.1f} | "
-      f"{max(gaps) if gaps else float('nan'):.1f} | {os.getloadavg()[0]:.2f} | {'ok' if rc == 0 else f'exit {rc}'} |", flush=True)
+      f"{max(gaps) if gaps else float('nan'):.1f} | {os.getloadavg()[0]:.2f} | {result} | {'ok' if rc == 0 else f'exit {rc}'} |", flush=True)
 if rc:
     print(last, file=sys.stderr)
 EOF
@@ -44,8 +51,8 @@ EOF
 
 echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
-echo "| run | threads | beside it | wall (s) | CPU user+sys (s) | first line (s) | longest gap (s) | load after | |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| run | threads | beside it | wall (s) | CPU user+sys (s) | first line (s) | longest gap (s) | load after | result | |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for spec in "${runs[@]}"; do
     name=${spec%%|*}
     cfg=${spec#*|}
