@@ -352,7 +352,7 @@ def test_ext_path_op_count(ext, method, adv_shape):
 
 def test_metric_values_behave_as_independent_scalars(ext, tmp_path):
     """The ext backend's metric values are 0-dim tensors that share the op's small outputs' storage (made in C++,
-    ctpo_ext.metric_values): each holds its own element, of the Python backend's dtype and device, without gradient;
+    metrics_dict): each holds its own element, of the Python backend's dtype and device, without gradient;
     copying, pickling, saving and arithmetic see the values; an in-place change to one leaves the others alone."""
     import copy
     import pickle
@@ -375,8 +375,8 @@ def test_metric_values_behave_as_independent_scalars(ext, tmp_path):
     m_e["ratio_min"].add_(1.0)  # a caller's in-place change: its own element only
     assert m_e["ratio_min"].item() == (torch.tensor(before["ratio_min"]) + 1.0).item()  # in float32
     assert all(m_e[k].item() == before[k] for k in scalars if k != "ratio_min")
-    with pytest.raises(ValueError, match="metric_values"):
-        ctpo_ext.load().metric_values(torch.zeros(2, 2), 1, torch.zeros(3), 1)
+    with pytest.raises(ValueError, match="metrics_dict"):
+        ctpo_ext.load().metrics_dict(("a", "b"), torch.zeros(2, 2), 1, torch.zeros(3), 1)
 
 
 @pytest.mark.parametrize("method", ["ctpo", "grpo", "gspo"])
