@@ -390,14 +390,14 @@ def policy_loss(
     Only logp gets a gradient. The loss is float32 (float64 for float64 logp); metrics: see `loss_metrics`.
     Raises ValueError / TypeError naming a bad input or knob.
     """
-    cfg = _method_config_cached(method, knobs)
+    cfg, op_knobs = _method_config_cached(method, knobs)  # op_knobs: the fused op's form of cfg (ext_knobs)
     counts = (num_tokens, num_seqs, loss_scale_factor)
     mask, old_logp, adv, ref_logp, rollout_is_weights = check_inputs(
         logp, old_logp, advantages, mask, agg, backend, counts, ref_logp, beta, rollout_is_weights
     )
-    use_ext = backend != "python" and ctpo_ext.usable(backend, logp.device.type, cfg["stop_gradient"])
+    use_ext = backend != "python" and ctpo_ext.usable(backend, logp, cfg["stop_gradient"])
     if use_ext:  # one fused op (ctpo_ext.py, csrc/): the loss, its metrics and the inputs' value checks in one pass
-        loss, metrics = ctpo_ext.policy_loss(logp, old_logp, adv, mask, rollout_is_weights, *ext_knobs(cfg), agg, *counts)
+        loss, metrics = ctpo_ext.policy_loss(logp, old_logp, adv, mask, rollout_is_weights, *op_knobs, agg, *counts)
     else:
         check_values(logp, old_logp, adv, mask, rollout_is_weights)
         loss_tok, log_w, t, flags = token_losses(logp, old_logp, adv, mask, cfg)
@@ -468,7 +468,7 @@ def method_config(method, **overrides):
     return cfg
 
 
-_CONFIGS = {}  # policy_loss's method_config results: (method, (knob, type, value)...) -> cfg, read-only, 256 at most
+_CONFIGS = {}  # policy_loss's knobs: (method, (knob, type, value)...) -> (method_config, ext_knobs), read-only, 256 at most
 
 
 def _method_config_cached(method, knobs):
@@ -477,9 +477,10 @@ def _method_config_cached(method, knobs):
         return _CONFIGS[key]
     except (KeyError, TypeError):  # not seen yet, or an unhashable knob (method_config says what is wrong with it)
         cfg = method_config(method, **knobs)
+    out = (cfg, ext_knobs(cfg))
     if len(_CONFIGS) < 256:
-        _CONFIGS[key] = cfg
-    return cfg
+        _CONFIGS[key] = out
+    return out
 
 
 def _at_least_one(count, like):

@@ -23,16 +23,27 @@ def check_inputs(logp, old_logp, advantages, mask, agg, backend, counts, ref_log
         raise ValueError(f"beta: expected a finite number >= 0, got {beta!r}")
     if beta != 0 and ref_logp is None:
         raise ValueError("ref_logp: required when beta != 0")
-    for name, x, known in (("backend", backend, BACKENDS), ("agg", agg, AGGS)):
+    for name, x, known in (("backend", backend, BACKENDS), ("agg", agg, AGGS)) if backend not in BACKENDS or agg not in AGGS else ():
         if x not in known:
             raise ValueError(f"{name}: unknown {x!r}; expected one of {list(known)}")
     ref_logp = ref_logp if beta != 0 else None  # without the KL term it is not used
-    if isinstance(logp, torch.Tensor) and logp.dim() != 2:
+    if not isinstance(logp, torch.Tensor):
+        raise TypeError(f"logp: expected a torch.Tensor, got {type(logp).__name__}")
+    if not logp.is_floating_point():
+        raise TypeError(f"logp: expected a floating dtype (float16/bfloat16/float32/float64), got {logp.dtype}")
+    if logp.dim() != 2:
         raise ValueError(f"logp: expected shape (B, T), got {tuple(logp.shape)}")
-    device, shape = getattr(logp, "device", None), getattr(logp, "shape", None)
-    for name, x in (("logp", logp), ("old_logp", old_logp), ("advantages", advantages), ("mask", mask), ("ref_logp", ref_logp),
-                    ("rollout_is_weights", rollout_is_weights)):  # fmt: skip
-        if x is None and name in ("ref_logp", "rollout_is_weights"):
+    device, shape = logp.device, logp.shape
+    others = (("old_logp", old_logp), ("advantages", advantages), ("mask", mask))
+    if ref_logp is not None or rollout_is_weights is not None:
+        others += tuple((n, x) for n, x in (("ref_logp", ref_logp), ("rollout_is_weights", rollout_is_weights)) if x is not None)
+    for name, x in others:  # one test for the common case (all well), then which check failed, in this order
+        if (
+            isinstance(x, torch.Tensor)
+            and x.device == device
+            and (x.is_floating_point() or name == "mask")
+            and (name == "advantages" or x.shape == shape)
+        ):
             continue
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
@@ -40,13 +51,12 @@ def check_inputs(logp, old_logp, advantages, mask, agg, backend, counts, ref_log
             raise TypeError(f"{name}: expected a floating dtype (float16/bfloat16/float32/float64), got {x.dtype}")
         if x.device != device:
             raise ValueError(f"{name}: expected device {device} like logp, got {x.device}")
-        if name != "advantages" and x.shape != shape:
-            raise ValueError(f"{name}: expected shape {tuple(shape)} like logp, got {tuple(x.shape)}")
-    if advantages.shape != shape:
-        if advantages.shape == (shape[0], 1):  # TRL's advantages.unsqueeze(1), verl's broadcasting: one per row
-            advantages = advantages[:, 0]
-        if advantages.shape != shape[:1]:
-            raise ValueError(f"advantages: expected shape ({shape[0]},), ({shape[0]}, 1) or {tuple(shape)}, got {tuple(advantages.shape)}")
+        raise ValueError(f"{name}: expected shape {tuple(shape)} like logp, got {tuple(x.shape)}")
+    adv_shape = advantages.shape
+    if adv_shape != shape[:1] and adv_shape != shape:
+        if adv_shape != (shape[0], 1):
+            raise ValueError(f"advantages: expected shape ({shape[0]},), ({shape[0]}, 1) or {tuple(shape)}, got {tuple(adv_shape)}")
+        advantages = advantages[:, 0]  # TRL's advantages.unsqueeze(1), verl's broadcasting: one per row
     if mask.dtype != torch.bool:
         if mask.is_complex() or not bool(((mask == 0) | (mask == 1)).all()):
             raise ValueError(f"mask: expected bool or 0/1 values, got dtype {mask.dtype} with other values")

@@ -398,8 +398,31 @@ static std::string compiled_cpu_path() {
 #endif
 }
 
+// The metrics dict: keys[i] -> a 0-dim tensor sharing the storage of element i of the op's small `counts` output
+// (i < n_counts), then of its `metrics` output (n_metrics of them). Made here without the dispatcher or an autograd
+// view record (the op's outputs are never written to): from Python, t.unbind() costs ~0.7 us a value, which at
+// small sizes was most of policy_loss's time around the op. ctpo_ext.policy_loss uses unbind() while torch.compile
+// traces.
+static py::dict metrics_dict(const py::tuple& keys, const at::Tensor& counts, int64_t n_counts, const at::Tensor& metrics,
+                             int64_t n_metrics) {
+  TORCH_CHECK_VALUE(static_cast<int64_t>(keys.size()) == n_counts + n_metrics, "metrics_dict: expected one key per value");
+  py::dict out;
+  size_t k = 0;
+  for (const auto& [t, n] : {std::pair<const at::Tensor&, int64_t>{counts, n_counts}, {metrics, n_metrics}}) {
+    TORCH_CHECK_VALUE(t.dim() == 1 && t.is_contiguous() && n <= t.numel(), "metrics_dict: expected 1-D outputs of the op");
+    for (int64_t i = 0; i < n; ++i) {
+      auto impl = c10::make_intrusive<c10::TensorImpl>(c10::Storage(t.storage()), t.key_set(), t.dtype());
+      impl->set_sizes_contiguous({});
+      impl->set_storage_offset(t.storage_offset() + i);
+      out[keys[k++]] = py::cast(at::Tensor(std::move(impl)));
+    }
+  }
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.doc() = "CTPO fused policy loss: importing this module registers torch.ops.ctpo.policy_loss / policy_loss_backward";
+  mod.def("metrics_dict", &metrics_dict, "the metrics dict: keys -> 0-dim tensors, the elements of the op's counts and metrics outputs");
   mod.def("compiled_cpu_path", &compiled_cpu_path, "the CPU row kernel this build uses by default: avx512, vec or scalar");
   mod.def(
       "set_cpu_kernel",

@@ -350,6 +350,35 @@ def test_ext_path_op_count(ext, method, adv_shape):
         assert m["backend"] == "ext" and lp.grad is not None
 
 
+def test_metric_values_behave_as_independent_scalars(ext, tmp_path):
+    """The ext backend's metric values are 0-dim tensors that share the op's small outputs' storage (made in C++,
+    metrics_dict): each holds its own element, of the Python backend's dtype and device, without gradient;
+    copying, pickling, saving and arithmetic see the values; an in-place change to one leaves the others alone."""
+    import copy
+    import pickle
+
+    logp, old, adv, mask, _ = make(6, 40, seed=21)
+    logp, old, adv = logp.float(), old.float(), adv.float()
+    _, _, m_p = run("python", logp, old, adv, mask)
+    _, _, m_e = run("ext", logp, old, adv, mask)
+    check_metrics(m_p, m_e, dict(rtol=1e-6, atol=0))
+    scalars = [k for k in m_e if isinstance(m_e[k], torch.Tensor) and m_e[k].dim() == 0]
+    assert scalars == list(ctpo_ext.METRIC_KEYS)
+    for k in scalars:
+        assert (m_e[k].dtype, m_e[k].device, m_e[k].requires_grad) == (m_p[k].dtype, m_p[k].device, False), k
+    before = {k: m_e[k].item() for k in scalars}
+    for other in (copy.deepcopy(m_e), pickle.loads(pickle.dumps(m_e))):
+        assert {k: other[k].item() for k in scalars} == before
+    torch.save(m_e, tmp_path / "m.pt")
+    assert {k: v.item() for k, v in torch.load(tmp_path / "m.pt").items() if k in scalars} == before
+    assert (m_e["ratio_mean"] * 2).item() == 2 * before["ratio_mean"]
+    m_e["ratio_min"].add_(1.0)  # a caller's in-place change: its own element only
+    assert m_e["ratio_min"].item() == (torch.tensor(before["ratio_min"]) + 1.0).item()  # in float32
+    assert all(m_e[k].item() == before[k] for k in scalars if k != "ratio_min")
+    with pytest.raises(ValueError, match="metrics_dict"):
+        ctpo_ext.load().metrics_dict(("a", "b"), torch.zeros(2, 2), 1, torch.zeros(3), 1)
+
+
 @pytest.mark.parametrize("method", ["ctpo", "grpo", "gspo"])
 def test_torch_compile_fullgraph_policy_loss(ext, method):
     logp, old, adv, mask, w = make(4, 64, seed=12, weights=True)
