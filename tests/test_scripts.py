@@ -67,7 +67,7 @@ def test_train_tiny_help_shows_a_config_files_defaults(tmp_path):
     cfg = tmp_path / "c.py"
     cfg.write_text("lr = 3e-5\nmin_digits = 30\nmax_digits = 40\n")
     text = train_tiny.help_text(vars(train_tiny.parse_config([str(cfg)], check=False)))
-    assert "--lr=3e-05 " in text and "--min_digits=30 " in text and "--rl_steps=400 " in text
+    assert "--lr=3e-05 " in text and "--min_digits=30 " in text and "--rl_steps=200 " in text
 
 
 def test_compare_help_lists_its_keys():

@@ -427,8 +427,9 @@ dist.destroy_process_group = recording_destroy
 try:
     train_tiny.main(sys.argv[1:])
 except train_tiny.ConfigError as e:
-    print("ConfigError:", e)
-print("teardown:", at_destroy, gloo_threads(), flush=True)
+    sys.stdout.write(f"ConfigError: {{e}}\\n")  # one write per line: the two ranks share the pipe
+sys.stdout.write(f"teardown: {{at_destroy}} {{gloo_threads()}}\\n")
+sys.stdout.flush()
 assert len(at_destroy) == 1 and at_destroy[0], at_destroy
 assert not gloo_threads(), gloo_threads()
 """
