@@ -228,7 +228,8 @@ def test_auto_backend_without_the_extension(tmp_path, monkeypatch):
     def cannot_build(*args, **kwargs):
         raise RuntimeError("ctpo_ext: the C++ extension is unavailable (no compiler)")
 
-    monkeypatch.setattr(ctpo.ctpo_ext, "load", cannot_build)  # as on a machine where the kernel cannot be built
+    monkeypatch.setattr(ctpo.ctpo_ext, "load", cannot_build)  # as on a machine where the kernel cannot be built:
+    monkeypatch.setattr(ctpo_ext, "_module", None)  # never loaded there (an earlier test may have loaded it here)
     monkeypatch.setattr(ctpo_ext, "_warned", False)
     with pytest.warns(UserWarning, match="falls back to Python"):
         summary = run(str(tmp_path / "auto"), "--backend=auto", "--rl_steps=1")
