@@ -23,7 +23,7 @@ def check_inputs(logp, old_logp, advantages, mask, agg, backend, counts, ref_log
         raise ValueError(f"beta: expected a finite number >= 0, got {beta!r}")
     if beta != 0 and ref_logp is None:
         raise ValueError("ref_logp: required when beta != 0")
-    for name, x, known in (("backend", backend, BACKENDS), ("agg", agg, AGGS)) if backend not in BACKENDS or agg not in AGGS else ():
+    for name, x, known in (("backend", backend, BACKENDS), ("agg", agg, AGGS)):
         if x not in known:
             raise ValueError(f"{name}: unknown {x!r}; expected one of {list(known)}")
     ref_logp = ref_logp if beta != 0 else None  # without the KL term it is not used
@@ -34,16 +34,9 @@ def check_inputs(logp, old_logp, advantages, mask, agg, backend, counts, ref_log
     if logp.dim() != 2:
         raise ValueError(f"logp: expected shape (B, T), got {tuple(logp.shape)}")
     device, shape = logp.device, logp.shape
-    others = (("old_logp", old_logp), ("advantages", advantages), ("mask", mask))
-    if ref_logp is not None or rollout_is_weights is not None:
-        others += tuple((n, x) for n, x in (("ref_logp", ref_logp), ("rollout_is_weights", rollout_is_weights)) if x is not None)
-    for name, x in others:  # one test for the common case (all well), then which check failed, in this order
-        if (
-            isinstance(x, torch.Tensor)
-            and x.device == device
-            and (x.is_floating_point() or name == "mask")
-            and (name == "advantages" or x.shape == shape)
-        ):
+    for name, x in (("old_logp", old_logp), ("advantages", advantages), ("mask", mask), ("ref_logp", ref_logp),
+                    ("rollout_is_weights", rollout_is_weights)):  # fmt: skip
+        if x is None and name in ("ref_logp", "rollout_is_weights"):
             continue
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
@@ -51,7 +44,8 @@ def check_inputs(logp, old_logp, advantages, mask, agg, backend, counts, ref_log
             raise TypeError(f"{name}: expected a floating dtype (float16/bfloat16/float32/float64), got {x.dtype}")
         if x.device != device:
             raise ValueError(f"{name}: expected device {device} like logp, got {x.device}")
-        raise ValueError(f"{name}: expected shape {tuple(shape)} like logp, got {tuple(x.shape)}")
+        if name != "advantages" and x.shape != shape:
+            raise ValueError(f"{name}: expected shape {tuple(shape)} like logp, got {tuple(x.shape)}")
     adv_shape = advantages.shape
     if adv_shape != shape[:1] and adv_shape != shape:
         if adv_shape != (shape[0], 1):
