@@ -10,7 +10,7 @@ A task knows its token lengths, draws problems and scores responses:
     task.score(responses, mask, targets, partial_credit) -> reward (B,) float, exact (B,) bool, length (B,) long
     task.show(prompt, response, target) -> one line describing a mistake
 
-Sort (the default): sort 16-20 random digits. Pairs (config/long.py): 68 pairs "r F(r)" then the end token.
+Sort (the default): sort 10-14 random digits (min_digits, max_digits). Pairs (config/long.py): 68 pairs "r F(r)" then the end token.
 Automaton (config/automaton.py): steer a fixed automaton through given states; a mistake throws every later step off.
 Around them: make(config) picks one, teacher() is the warm start's noisy teacher, Problems draws training problems
 that are never held out, evaluate() is the held-out evaluation (greedy exact match and the sampled reward).
