@@ -8,7 +8,8 @@ Two tables:
 2. end to end (--e2e-methods, default ctpo grpo gspo sequence): ctpo.policy_loss(...) forward + backward with
    its default metrics (what a training loop calls), backend="python" vs backend="ext", and torch.compile of the
    Python path where it compiles (fullgraph=False: the reference's input checks break the graph; by default
-   only at 256x4096, --e2e-compile-sizes), next to the bare op for the same method.
+   only at 256x4096, --e2e-compile-sizes), next to the bare op for the same method; ext/bare is measured
+   paired (the two alternate call by call, median of the pairs' ratios), so machine drift cancels.
 
     python bench.py                       # the default sizes, float32 and bfloat16: both tables
     python bench.py --json                # the same as JSON (a list of objects)
@@ -37,6 +38,7 @@ length responses (lengths uniform in [T/2, T]) with a tool-output hole in every 
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -104,17 +106,19 @@ def run_blocks(fns, repeats, warmup=3, python_names=("python",)):
     for name, f in fns.items():  # compile, warm up
         for _ in range(warmup):
             warm_ms[name] = timeit(f)
-    # Rounds of blocks: each backend runs a block of back-to-back calls (2 untimed, so that it is measured in
-    # its own steady cache state, as a training loop calling it repeatedly would see), and the rounds
-    # interleave the backends so that a burst of machine noise does not hit one backend only.
+    # Rounds of blocks: each backend runs a block of back-to-back calls, and the rounds interleave the backends so
+    # that a burst of machine noise does not hit one backend only. A block starts with untimed calls for >= 5 ms
+    # (at least 2): on a CPU, the first ~10 calls of a small size after another backend's block run up to 3x slower
+    # while caches and the allocator settle, and which backend follows the slow Python one would otherwise decide
+    # a ratio. So each is measured in its own steady state, as a training loop calling it repeatedly would see.
     times = {name: [] for name in fns}
     rounds = 3
     per_block = max(1, -(-repeats // rounds))
     j0, t0 = cpu_jiffies(), time.perf_counter()
     for _ in range(rounds):
         for name, f in fns.items():
-            f()
-            f()
+            for _ in range(max(2, min(50, math.ceil(5 / max(warm_ms[name], 1e-3))))):
+                f()
             n_block = per_block if name not in python_names else max(2, min(per_block, int(1500 / warm_ms[name])))  # <= ~1.5 s
             for _ in range(n_block):
                 times[name].append(timeit(f))
@@ -247,7 +251,16 @@ def run_e2e(B, T, dtype_name, method, repeats, use_compile, warmup=3):
     row["ext_x_python"] = row["python_ms"] / row["ext_ms"]
     row["ext_over_bare_min"] = row["ext_min_ms"] / row["bare_min_ms"]
     row["ext_x_compile"] = row["compile_ms"] / row["ext_ms"] if row["compile_ms"] else None
-    row["ext_over_bare"] = row["ext_ms"] / row["bare_ms"]
+    # ext / bare, paired: the two alternate call by call (the same op inside, so the same cache state), and the
+    # ratio is the median of the pairs' ratios: a slow stretch of a shared machine hits both calls of a pair
+    ext_fn, bare_fn, ratios = fns["ext"], fns["bare"], []
+    for i in range(2 * repeats):
+        if i % 2:
+            t_bare, t_ext = timeit(bare_fn), timeit(ext_fn)
+        else:
+            t_ext, t_bare = timeit(ext_fn), timeit(bare_fn)
+        ratios.append(t_ext / t_bare)
+    row["ext_over_bare"] = statistics.median(ratios)
     row["max_abs_diff_grad"] = (g_p.float() - g_e.float()).abs().max().item()
     row["same_clip_counts"] = all(torch.equal(m_p[k], m_e[k]) for k in ("n_tokens", "n_clip_high", "n_clip_low", "n_clip_dual"))
     row["compile_note"] = compile_note
@@ -329,6 +342,8 @@ def print_e2e(rows, file=sys.stdout):
         )
     if rows:
         print(f"ops f/b: compute ops of policy_loss(ext) forward / backward, e.g. {rows[0]['fwd_ops']} / {rows[0]['bwd_ops']}", file=file)
+        print("ext/bare: the median ratio over pairs of calls, the two alternating (machine drift cancels in a pair); "
+              "min: the fastest call of each in the blocks above, and their ratio", file=file)
     for r in rows:
         if r["compile_note"]:
             print(f"compile of the python path, {r['method']} {r['B']}x{r['T']}: {r['compile_note']}", file=file)

@@ -393,22 +393,21 @@ def policy_loss(logp, old_logp, adv, mask, rollout_is_weights, ratio, lower, upp
     given = [1.0 if isinstance(x, torch.Tensor) else x for x in counts] if tensor_counts else counts  # tensors divide after the op
     config = op_config(ratio, lower, upper, dual, power, delta_max, log_w_max, agg, *given)
     loss, n, stats, log_w, clipped, _, _ = torch.ops.ctpo.policy_loss(logp, old_logp, adv, mask, rollout_is_weights, config)
-    compiling = torch.compiler.is_compiling()
-    if compiling:  # no host sync in a graph: an asynchronous assert
+    if torch.compiler.is_compiling():  # no host sync in a graph: an asynchronous assert; traceable views
         torch._assert_async(n[4] == 0, "policy_loss: NaN or inf, a negative rollout weight, or a log-prob above 0 at a mask=1 position")
-    elif bits := n.tolist()[4]:  # the one host sync: the values the kernel found bad, raised as ctpo.check_values does
-        for bit, message in CHECKS:
-            if bits & bit:
-                raise ValueError(message)
-        for bit, name, col in LOGP_ABOVE:
-            if bits & bit:
-                check_logp_max(name, stats[col].item())
+        metrics = dict(zip(METRIC_KEYS, (*n.unbind()[:4], *stats.unbind()[:10])))
+    else:  # the same values made in C++ (3x cheaper than unbind's views), or None: it read the check word (n[4]), the one host sync
+        metrics = _module.metrics_dict(METRIC_KEYS, n, 4, stats, 10, 4)
+        if metrics is None:  # the values the kernel found bad, raised as ctpo.check_values does
+            bits = n.tolist()[4]
+            for bit, message in CHECKS:
+                if bits & bit:
+                    raise ValueError(message)
+            for bit, name, col in LOGP_ABOVE:
+                if bits & bit:
+                    check_logp_max(name, stats[col].item())
     for x, used in zip(counts, (agg == "token-mean", agg.startswith("seq-"), agg == "seq-mean-token-sum-norm")) if tensor_counts else ():
         if isinstance(x, torch.Tensor) and used:
             loss = loss / x.to(loss.dtype).clamp(min=1)
-    if compiling:  # traceable views
-        metrics = dict(zip(METRIC_KEYS, (*n.unbind()[:4], *stats.unbind()[:10])))
-    else:  # the same values, made in C++ (3x cheaper than unbind's views)
-        metrics = _module.metrics_dict(METRIC_KEYS, n, 4, stats, 10)
     metrics["log_w"], metrics["clipped"] = log_w, clipped
     return loss, metrics

@@ -399,13 +399,18 @@ static std::string compiled_cpu_path() {
 }
 
 // The metrics dict: keys[i] -> a 0-dim tensor sharing the storage of element i of the op's small `counts` output
-// (i < n_counts), then of its `metrics` output (n_metrics of them). Made here without the dispatcher or an autograd
-// view record (the op's outputs are never written to): from Python, t.unbind() costs ~0.7 us a value, which at
-// small sizes was most of policy_loss's time around the op. ctpo_ext.policy_loss uses unbind() while torch.compile
-// traces.
-static py::dict metrics_dict(const py::tuple& keys, const at::Tensor& counts, int64_t n_counts, const at::Tensor& metrics,
-                             int64_t n_metrics) {
+// (i < n_counts), then of its `metrics` output (n_metrics of them); or None when the kernel found bad input values
+// (counts[check], its check word, is nonzero: read here, on a GPU the call's one host sync) and the caller raises
+// what it found. Made here without the dispatcher or an autograd view record (the op's outputs are never written
+// to): from Python, t.unbind() costs ~0.7 us a value, which at small sizes was most of policy_loss's time around the
+// op. ctpo_ext.policy_loss uses unbind() while torch.compile traces.
+static py::object metrics_dict(const py::tuple& keys, const at::Tensor& counts, int64_t n_counts, const at::Tensor& metrics,
+                               int64_t n_metrics, int64_t check) {
   TORCH_CHECK_VALUE(static_cast<int64_t>(keys.size()) == n_counts + n_metrics, "metrics_dict: expected one key per value");
+  TORCH_CHECK_VALUE(counts.scalar_type() == at::kLong && counts.dim() == 1 && check >= 0 && check < counts.numel(),
+                    "metrics_dict: expected the op's int64 counts output and the index of its check word");
+  const int64_t bad = counts.is_cpu() ? counts.const_data_ptr<int64_t>()[check] : counts.select(0, check).item<int64_t>();
+  if (bad != 0) return py::none();
   py::dict out;
   size_t k = 0;
   for (const auto& [t, n] : {std::pair<const at::Tensor&, int64_t>{counts, n_counts}, {metrics, n_metrics}}) {
@@ -417,12 +422,12 @@ static py::dict metrics_dict(const py::tuple& keys, const at::Tensor& counts, in
       out[keys[k++]] = py::cast(at::Tensor(std::move(impl)));
     }
   }
-  return out;
+  return std::move(out);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.doc() = "CTPO fused policy loss: importing this module registers torch.ops.ctpo.policy_loss / policy_loss_backward";
-  mod.def("metrics_dict", &metrics_dict, "the metrics dict: keys -> 0-dim tensors, the elements of the op's counts and metrics outputs");
+  mod.def("metrics_dict", &metrics_dict, "the metrics dict: keys -> 0-dim tensors, the elements of the op's counts and metrics outputs; None if the check word is set");
   mod.def("compiled_cpu_path", &compiled_cpu_path, "the CPU row kernel this build uses by default: avx512, vec or scalar");
   mod.def(
       "set_cpu_kernel",

@@ -376,7 +376,7 @@ def test_metric_values_behave_as_independent_scalars(ext, tmp_path):
     assert m_e["ratio_min"].item() == (torch.tensor(before["ratio_min"]) + 1.0).item()  # in float32
     assert all(m_e[k].item() == before[k] for k in scalars if k != "ratio_min")
     with pytest.raises(ValueError, match="metrics_dict"):
-        ctpo_ext.load().metrics_dict(("a", "b"), torch.zeros(2, 2), 1, torch.zeros(3), 1)
+        ctpo_ext.load().metrics_dict(("a", "b"), torch.zeros(2, 2, dtype=torch.int64), 1, torch.zeros(3), 1, 0)
 
 
 @pytest.mark.parametrize("method", ["ctpo", "grpo", "gspo"])
