@@ -342,8 +342,11 @@ def print_e2e(rows, file=sys.stdout):
         )
     if rows:
         print(f"ops f/b: compute ops of policy_loss(ext) forward / backward, e.g. {rows[0]['fwd_ops']} / {rows[0]['bwd_ops']}", file=file)
-        print("ext/bare: the median ratio over pairs of calls, the two alternating (machine drift cancels in a pair); "
-              "min: the fastest call of each in the blocks above, and their ratio", file=file)
+        print(
+            "ext/bare: the median ratio over pairs of calls, the two alternating (machine drift cancels in a pair); "
+            "min: the fastest call of each in the blocks above, and their ratio",
+            file=file,
+        )
     for r in rows:
         if r["compile_note"]:
             print(f"compile of the python path, {r['method']} {r['B']}x{r['T']}: {r['compile_note']}", file=file)

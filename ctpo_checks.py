@@ -33,8 +33,9 @@ def check_inputs(logp, old_logp, advantages, mask, agg, backend, counts, ref_log
     if logp.dim() != 2:
         raise ValueError(f"logp: expected shape (B, T), got {tuple(logp.shape)}")
     device, shape = logp.device, logp.shape
-    for name, x, is_float, same_shape in (("old_logp", old_logp, True, True), ("advantages", advantages, True, False), ("mask", mask, False, True)):
-        _check_tensor(name, x, is_float, same_shape, device, shape)
+    _check_tensor("old_logp", old_logp, True, True, device, shape)  # (name, x, a float dtype?, shape (B, T)?, ...)
+    _check_tensor("advantages", advantages, True, False, device, shape)
+    _check_tensor("mask", mask, False, True, device, shape)
     adv_shape = advantages.shape
     if adv_shape != shape[:1] and adv_shape != shape:
         if adv_shape != (shape[0], 1):
