@@ -396,7 +396,7 @@ def policy_loss(logp, old_logp, adv, mask, rollout_is_weights, ratio, lower, upp
     if torch.compiler.is_compiling():  # no host sync in a graph: an asynchronous assert; traceable views
         torch._assert_async(n[4] == 0, "policy_loss: NaN or inf, a negative rollout weight, or a log-prob above 0 at a mask=1 position")
         metrics = dict(zip(METRIC_KEYS, (*n.unbind()[:4], *stats.unbind()[:10])))
-    else:  # the same values made in C++ (3x cheaper than unbind's views), or None: it read the check word (n[4]), the one host sync
+    else:  # the same values made in C++ (3x cheaper than unbind's views), or None: it read the check word n[4] (a GPU's one host sync)
         metrics = _module.metrics_dict(METRIC_KEYS, n, 4, stats, 10, 4)
         if metrics is None:  # the values the kernel found bad, raised as ctpo.check_values does
             bits = n.tolist()[4]
