@@ -387,6 +387,17 @@ def test_bad_inputs_name_the_argument(change, exc, name):
 
 
 @pytest.mark.parametrize("backend", ["python", "ext"])
+@pytest.mark.parametrize("name", ["logp", "old_logp", "advantages", "ref_logp", "rollout_is_weights"])
+def test_float8_inputs_are_type_errors_naming_the_argument(name, backend):
+    # float8 is a floating dtype to torch, but neither backend computes with it: a TypeError naming the input
+    args = dict(zip(("logp", "old_logp", "advantages", "mask"), _ok()), ref_logp=torch.zeros(2, 3), beta=0.1,
+                rollout_is_weights=torch.ones(2, 3))  # fmt: skip
+    args[name] = args[name].to(torch.float8_e4m3fn)
+    with pytest.raises(TypeError, match=rf"{name}: expected a floating dtype \(float16/bfloat16/float32/float64\)"):
+        ctpo.policy_loss(**args, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["python", "ext"])
 @pytest.mark.parametrize("kw, name", [({"method": ["ctpo"]}, "method"), ({"ratio": ["token"]}, "ratio"), ({"clip": {}}, "clip")])
 def test_unhashable_names_are_errors_naming_the_argument(kw, name, backend):
     # a list or dict where a name is expected: the same ValueError as an unknown name, not a bare "unhashable type"
