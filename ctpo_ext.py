@@ -236,7 +236,8 @@ METRICS = (  # the op's `metrics` (12,) float32: ctpo.loss_metrics' scalars, the
     "clip_frac_high", "clip_frac_low", "clip_frac_dual", "clip_frac", "ratio_mean", "ratio_min", "ratio_max", "ratio_q10", "ratio_q50",
     "ratio_q90", "max_logp", "max_old_logp",
 )  # fmt: skip
-METRIC_KEYS = COUNTS[:4] + METRICS[:10]  # what ctpo.policy_loss returns, in the order of the op's outputs
+N_COUNT_KEYS, N_METRIC_KEYS, CHECK = 4, 10, COUNTS.index("check")  # how many of each output policy_loss returns; the check word
+METRIC_KEYS = COUNTS[:N_COUNT_KEYS] + METRICS[:N_METRIC_KEYS]  # what ctpo.policy_loss returns, in the order of the op's outputs
 CHECKS = (  # the `check` bits of bad values, in the order ctpo.check_values raises them
     (8, "rollout_is_weights: expected finite non-negative values at every mask=1 position"),
     (1, "logp: NaN or inf at a mask=1 position"),
@@ -394,12 +395,12 @@ def policy_loss(logp, old_logp, adv, mask, rollout_is_weights, ratio, lower, upp
     config = op_config(ratio, lower, upper, dual, power, delta_max, log_w_max, agg, *given)
     loss, n, stats, log_w, clipped, _, _ = torch.ops.ctpo.policy_loss(logp, old_logp, adv, mask, rollout_is_weights, config)
     if torch.compiler.is_compiling():  # no host sync in a graph: an asynchronous assert; traceable views
-        torch._assert_async(n[4] == 0, "policy_loss: NaN or inf, a negative rollout weight, or a log-prob above 0 at a mask=1 position")
-        metrics = dict(zip(METRIC_KEYS, (*n.unbind()[:4], *stats.unbind()[:10])))
-    else:  # the same values made in C++ (3x cheaper than unbind's views), or None: it read the check word n[4] (a GPU's one host sync)
-        metrics = _module.metrics_dict(METRIC_KEYS, n, 4, stats, 10, 4)
+        torch._assert_async(n[CHECK] == 0, "policy_loss: NaN or inf, a negative rollout weight, or a log-prob above 0 at a mask=1 position")
+        metrics = dict(zip(METRIC_KEYS, (*n.unbind()[:N_COUNT_KEYS], *stats.unbind()[:N_METRIC_KEYS])))
+    else:  # the same values made in C++ (3x cheaper than unbind's views), or None: it read the check word (a GPU's one host sync)
+        metrics = _module.metrics_dict(METRIC_KEYS, n, N_COUNT_KEYS, stats, N_METRIC_KEYS, CHECK)
         if metrics is None:  # the values the kernel found bad, raised as ctpo.check_values does
-            bits = n.tolist()[4]
+            bits = n.tolist()[CHECK]
             for bit, message in CHECKS:
                 if bits & bit:
                     raise ValueError(message)
